@@ -1,0 +1,86 @@
+"""Expanding a suite into cases: one per compatible (dataset, model, method, metric).
+
+The order is the suite's own order (data sets, then models, methods, metrics), so collection is identical on
+every xdist worker. A case's ``key`` hashes everything that determines its numbers; ``--resume`` skips a case
+only when a recorded case has the same id *and* key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.cache import spec_key
+from harness.specs import DATASETS, METHODS, METRICS, MODELS
+from harness.suite import Entry, Suite
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: Suite
+    dataset: Entry
+    model: Entry
+    method: Entry
+    metric: Entry
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset.key}-{self.model.key}-{self.method.key}-{self.metric.key}"
+
+    @property
+    def family(self) -> str:
+        return METRICS.get(self.metric.name).family
+
+    @property
+    def seed(self) -> int:
+        return self.suite.seed
+
+    def dataset_spec(self) -> dict[str, Any]:
+        return {**self.dataset.spec(), "version": DATASETS.get(self.dataset.name).version, "seed": self.seed}
+
+    def model_spec(self) -> dict[str, Any]:
+        version = MODELS.get(self.model.name).version
+        return {"dataset": self.dataset_spec(), **self.model.spec(), "version": version, "seed": self.seed}
+
+    def attribution_spec(self) -> dict[str, Any]:
+        settings = self.suite.settings
+        return {
+            "model": self.model_spec(),
+            "method": {**self.method.spec(), "version": METHODS.get(self.method.name).version},
+            "samples": settings["samples"],
+            "target": settings["target"],
+            "seed": self.seed,
+        }
+
+    def spec(self) -> dict[str, Any]:
+        """Everything that determines this case's numbers (batch and memory budgets do not)."""
+        metric = {**self.metric.spec(), "version": METRICS.get(self.metric.name).version}
+        return {**self.attribution_spec(), "metric": metric}
+
+    def key(self) -> str:
+        return spec_key(self.spec())
+
+    def markers(self) -> list[str]:
+        return [self.family, self.suite.name, *self.suite.settings["markers"]]
+
+
+def compatible(suite: Suite, dataset: Entry, model: Entry, metric: Entry) -> bool:
+    data_spec = DATASETS.get(dataset.name)
+    metric_spec = METRICS.get(metric.name)
+    return (
+        data_spec.modality in MODELS.get(model.name).modalities
+        and data_spec.modality in metric_spec.modalities
+        and (data_spec.has_mask or not metric_spec.needs_mask)
+    )
+
+
+def expand(suite: Suite, family: str | None = None) -> list[Case]:
+    """Every compatible case of ``suite`` (of one metric ``family`` if given), in suite order."""
+    return [
+        Case(suite, dataset, model, method, metric)
+        for dataset in suite.datasets
+        for model in suite.models
+        for method in suite.methods
+        for metric in suite.metrics
+        if (family is None or METRICS.get(metric.name).family == family)
+        and compatible(suite, dataset, model, metric)
+    ]

@@ -1,0 +1,85 @@
+"""The one place where a case's results become plain Python data (what xdist can send to the controller).
+
+A tensor or numpy scalar in ``user_properties`` crashes an xdist run, so everything goes through
+:func:`case_payload`, and only its output enters ``user_properties``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.cache import canonical_json
+from harness.cases import Case
+from harness.specs import MetricResult
+from harness.workspace import Attributions, TrainedModel
+
+PROPERTY = "xaiharness"
+
+
+@dataclass(frozen=True)
+class Timings:
+    attribution_seconds: float
+    metric_seconds: float
+    forward_passes: int
+    samples: int
+
+    def plain(self) -> dict[str, float | int]:
+        seconds = self.metric_seconds
+        return {
+            "attribution_seconds": float(self.attribution_seconds),
+            "metric_seconds": float(seconds),
+            "forward_passes": int(self.forward_passes),
+            "samples_per_second": float(self.samples / seconds) if seconds > 0 else math.inf,
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Tensors, numpy values and containers of them as lists, floats, ints, strs, bools."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def case_payload(
+    case: Case, result: MetricResult, timings: Timings, model: TrainedModel, attributions: Attributions,
+    device: torch.device,
+) -> dict[str, Any]:
+    return {
+        "id": case.id,
+        "key": case.key(),
+        "spec": canonical_json(case.spec()),
+        "family": case.family,
+        "dataset": case.dataset.key,
+        "model": case.model.key,
+        "method": case.method.key,
+        "metric": case.metric.key,
+        "primary": result.primary,
+        "higher_is_better": bool(result.higher_is_better),
+        "bounds": _plain(result.bounds),
+        "info": _plain(result.info),
+        "outputs": {name: _plain(value.double()) for name, value in result.outputs.items()},
+        "sample_index": _plain(attributions.sample_index),
+        "label": _plain(attributions.label),
+        "target": _plain(attributions.target),
+        "timings": timings.plain(),
+        "trained": {
+            "key": model.key,
+            "train_accuracy": float(model.train_accuracy),
+            "test_accuracy": float(model.test_accuracy),
+            "train_seconds": float(model.seconds),
+        },
+        "device": str(device),
+        "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+    }

@@ -1,0 +1,137 @@
+"""``report.md`` from a results file: per data set × model, methods × metrics with bootstrap CIs."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tabulate import tabulate
+
+from harness.report.stats import bootstrap_mean_ci
+from harness.store import CaseRecord, read_run
+
+ENV_KEYS = ("python", "torch", "captum", "numpy", "platform", "cpu", "threads", "cuda", "workers", "created")
+
+
+def _fmt(value: float) -> str:
+    if not np.isfinite(value):
+        return "nan"
+    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
+
+
+def _ordered(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def score_table(records: Sequence[CaseRecord]) -> str:
+    """Methods (rows) × metrics (columns): mean [95% CI] of the primary output; best mean per column bold."""
+    methods = _ordered(r.attrs["method"] for r in records)
+    metrics = _ordered(r.attrs["metric"] for r in records)
+    stats = {(r.attrs["method"], r.attrs["metric"]): bootstrap_mean_ci(r.primary_values) for r in records}
+    higher = {r.attrs["metric"]: bool(r.attrs["higher_is_better"]) for r in records}
+    best: dict[str, str] = {}
+    for metric in metrics:
+        scored = [(stats[(m, metric)][0], m) for m in methods if (m, metric) in stats
+                  and np.isfinite(stats[(m, metric)][0])]
+        if len(scored) > 1:
+            best[metric] = (max(scored) if higher[metric] else min(scored))[1]
+    rows = []
+    for method in methods:
+        row = [method]
+        for metric in metrics:
+            if (method, metric) not in stats:
+                row.append("")
+                continue
+            mean, lo, hi = stats[(method, metric)]
+            cell = _fmt(mean)
+            row.append((f"**{cell}**" if best.get(metric) == method else cell) + f" [{_fmt(lo)}, {_fmt(hi)}]")
+        rows.append(row)
+    headers = ["method"] + [f"{m} {'↑' if higher[m] else '↓'}" for m in metrics]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def timing_table(records: Sequence[CaseRecord]) -> str:
+    rows = [
+        [r.attrs["method"], r.attrs["metric"], len(r.sample_index), _fmt(r.attrs["attribution_seconds"]),
+         _fmt(r.attrs["metric_seconds"]), int(r.attrs["forward_passes"]), _fmt(r.attrs["samples_per_second"]),
+         r.attrs["device"]]
+        for r in records
+    ]
+    headers = ["method", "metric", "samples", "attribution s", "metric s", "forward passes", "samples/s", "device"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def _environment(env: dict[str, Any]) -> str:
+    rows = [[k, env[k]] for k in ENV_KEYS if k in env]
+    return tabulate(rows, headers=["", ""], tablefmt="github")
+
+
+def suite_order(env: dict[str, Any], records: Sequence[CaseRecord]) -> list[CaseRecord]:
+    """Records in the suite's order (data sets, models, methods, metrics), whatever order they arrived in."""
+    order = json.loads(env.get("order", "{}"))
+    rank = {
+        field: {name: i for i, name in enumerate(order.get(section, []))}
+        for field, section in (("dataset", "datasets"), ("model", "models"), ("method", "methods"),
+                               ("metric", "metrics"))
+    }
+
+    def key(record: CaseRecord) -> tuple[Any, ...]:
+        return tuple((rank[f].get(record.attrs[f], len(rank[f])), record.attrs[f]) for f in rank)
+
+    return sorted(records, key=key)
+
+
+def render(env: dict[str, Any], records: Sequence[CaseRecord]) -> str:
+    records = suite_order(env, records)
+    passed = [r for r in records if r.attrs["status"] == "passed"]
+    failed = [r for r in records if r.attrs["status"] != "passed"]
+    settings = json.loads(env.get("settings", "{}"))
+    lines = [
+        f"# xaiharness report: run `{env.get('run', '?')}`",
+        "",
+        f"Suite `{env.get('suite', '?')}`, seed {settings.get('seed', '?')}, up to {settings.get('samples', '?')} "
+        f"test samples per case, attribution target: {settings.get('target', '?')}. "
+        f"{len(records)} cases recorded: {len(passed)} passed, {len(failed)} failed.",
+        "",
+        "Scores are the mean of each case's primary per-sample output with its 95% percentile-bootstrap "
+        "confidence interval (2,000 resamples). ↑ higher is better, ↓ lower is better; the best mean per "
+        "metric is in bold. Per-sample values and curves are in `results.h5`.",
+    ]
+    groups: dict[tuple[str, str], list[CaseRecord]] = defaultdict(list)
+    for record in passed:
+        groups[(record.attrs["dataset"], record.attrs["model"])].append(record)
+    for (dataset, model), group in groups.items():
+        first = group[0].attrs
+        lines += [
+            "", f"## {dataset} × {model}", "",
+            f"Model: train accuracy {first['model_train_accuracy']:.3f}, test accuracy "
+            f"{first['model_test_accuracy']:.3f} (trained in {first['model_train_seconds']:.1f} s).",
+            "", score_table(group), "", "<details><summary>Timing</summary>", "", timing_table(group), "",
+            "</details>",
+        ]
+    if failed:
+        lines += ["", "## Failed cases", ""]
+        lines += [f"- `{r.attrs['id']}`: {r.attrs['message']}" for r in failed]
+    lines += ["", "## Environment", "", _environment(env), ""]
+    return "\n".join(lines)
+
+
+def write_report(path: Path | str) -> Path:
+    """Regenerate ``report.md`` next to the results file of a run; returns its path."""
+    env, records = read_run(path)
+    run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    out = run_dir / "report.md"
+    out.write_text(render(env, records))
+    return out
+
+
+def summary_rows(records: Sequence[CaseRecord]) -> list[list[str]]:
+    """Short rows for the terminal: case id, primary output, mean."""
+    return [
+        [r.attrs["id"], f"{r.attrs['primary']} {'↑' if r.attrs['higher_is_better'] else '↓'}",
+         _fmt(float(np.mean(r.primary_values)))]
+        for r in records if r.attrs["status"] == "passed"
+    ]

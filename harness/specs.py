@@ -1,0 +1,231 @@
+"""Frozen spec objects for the four registries, and the context handed to every factory.
+
+A spec is cheap metadata plus a lazy factory. Parameters are declared as ``defaults`` (whose types are the
+accepted types) and optional ``choices``; :func:`resolve_params` checks user parameters against them so that
+a suite fails before any work with a message naming the bad key and the valid choices.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from harness.registry import Registry
+
+Params = Mapping[str, Any]
+
+
+class ParamError(ValueError):
+    """A parameter that is unknown, of the wrong type, or not one of its choices."""
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def resolve_params(
+    where: str, given: Params, defaults: Params, choices: Mapping[str, tuple[Any, ...]] | None = None
+) -> dict[str, Any]:
+    """Merge ``given`` over ``defaults``; raise :class:`ParamError` naming ``where`` on any bad entry."""
+    choices = choices or {}
+    out = dict(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            valid = ", ".join(sorted(defaults)) or "(none)"
+            raise ParamError(f"{where}: unknown parameter {key!r}; valid parameters: {valid}")
+        default = defaults[key]
+        if not _type_ok(value, default):
+            raise ParamError(
+                f"{where}: parameter {key!r} = {value!r} has type {type(value).__name__}, "
+                f"expected {type(default).__name__} (default {default!r})"
+            )
+        if key in choices and value not in choices[key]:
+            raise ParamError(
+                f"{where}: parameter {key!r} = {value!r} is not valid; choices: "
+                + ", ".join(repr(c) for c in choices[key])
+            )
+        out[key] = float(value) if isinstance(default, float) else value
+    return out
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every factory may use besides its own parameters: where, how big, which seed."""
+
+    device: torch.device
+    seed: int
+    batch_size: int = 256
+    """Most rows in one forward pass (the batch budget)."""
+    memory_mb: int = 1024
+    """Memory budget for one chunk of perturbed inputs, in MiB."""
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the context seed: the same numbers on every device."""
+        return torch.Generator().manual_seed((self.seed + offset) % (2**63))
+
+    def rows_per_chunk(self, row_numel: int, element_size: int = 4, copies: int = 4) -> int:
+        """Rows that fit both the batch budget and the memory budget (``copies`` buffers per row)."""
+        by_memory = (self.memory_mb * 2**20) // max(1, row_numel * element_size * copies)
+        return max(1, min(self.batch_size, int(by_memory)))
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """A classification data set as tensors; ``mask_test`` marks ground-truth relevant inputs if known."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mask_test: torch.Tensor | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        out = {
+            "x_train": self.x_train, "y_train": self.y_train, "x_test": self.x_test, "y_test": self.y_test,
+            "num_classes": torch.tensor(self.num_classes),
+        }
+        if self.mask_test is not None:
+            out["mask_test"] = self.mask_test
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, torch.Tensor]) -> DataBundle:
+        return cls(
+            x_train=arrays["x_train"], y_train=arrays["y_train"], x_test=arrays["x_test"],
+            y_test=arrays["y_test"], num_classes=int(arrays["num_classes"]), mask_test=arrays.get("mask_test"),
+        )
+
+
+class Explainer(Protocol):
+    """``explain(x, target) -> attributions`` of the same shape as ``x``."""
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class MetricInputs:
+    """Everything a metric may read. Metrics must not change any of it."""
+
+    model: nn.Module
+    x: torch.Tensor
+    target: torch.Tensor
+    attributions: torch.Tensor
+    mask: torch.Tensor | None = None
+    explain: Explainer | None = None
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """Per-sample outputs of one metric on one case.
+
+    ``outputs`` maps a name to a tensor whose first dimension is the sample; ``bounds`` gives the valid closed
+    range of each output (``None`` for unbounded, but still finite); ``primary`` names the score the report
+    ranks by, in the direction ``higher_is_better``.
+    """
+
+    outputs: dict[str, torch.Tensor]
+    primary: str
+    higher_is_better: bool
+    bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    forward_passes: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        """Human-readable reasons this result is invalid (empty when it is fine)."""
+        found: list[str] = []
+        if self.primary not in self.outputs:
+            found.append(f"primary output {self.primary!r} missing; outputs: {sorted(self.outputs)}")
+        for name, value in self.outputs.items():
+            value = value.detach().float()
+            bad = ~torch.isfinite(value)
+            if bad.any():
+                found.append(f"{name}: {int(bad.sum())} of {value.numel()} values are not finite")
+                continue
+            lo, hi = self.bounds.get(name, (None, None))
+            tol = 1e-5
+            if lo is not None and value.numel() and float(value.min()) < lo - tol:
+                found.append(f"{name}: minimum {float(value.min()):.6g} below the lower bound {lo}")
+            if hi is not None and value.numel() and float(value.max()) > hi + tol:
+                found.append(f"{name}: maximum {float(value.max()):.6g} above the upper bound {hi}")
+        return found
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    build: Callable[..., DataBundle]
+    """``build(seed: int, **params) -> DataBundle`` (runs on the CPU; the result is cached on disk)."""
+    modality: str
+    defaults: Params = field(default_factory=dict)
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    description: str = ""
+    version: int = 1
+    """Bump when the builder changes, so cached copies are rebuilt."""
+    has_mask: bool = False
+    """Whether the bundle carries ``mask_test`` (ground truth for localisation metrics)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[..., nn.Module]
+    """``build(input_shape: tuple[int, ...], num_classes: int, **params) -> nn.Module``."""
+    modalities: frozenset[str]
+    defaults: Params = field(default_factory=dict)
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    description: str = ""
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    build: Callable[..., Explainer]
+    """``build(model, ctx: RunContext, **params) -> explain`` with internal batching under the budget."""
+    defaults: Params = field(default_factory=dict)
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    description: str = ""
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    family: str
+    compute: Callable[..., MetricResult]
+    """``compute(inputs: MetricInputs, ctx: RunContext, **params) -> MetricResult``."""
+    modalities: frozenset[str]
+    defaults: Params = field(default_factory=dict)
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    description: str = ""
+    reference: str = ""
+    needs_mask: bool = False
+    needs_explain: bool = False
+    version: int = 1
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+MODELS: Registry[ModelSpec] = Registry("model")
+METHODS: Registry[MethodSpec] = Registry("method")
+METRICS: Registry[MetricSpec] = Registry("metric")
+
+FAMILIES: tuple[str, ...] = ("faithfulness", "localization", "robustness", "roar", "coverage", "sanity")
+"""Metric families; each is a pytest marker and a test module ``cases/test_<family>.py``."""

@@ -1,0 +1,153 @@
+"""Data sets, trained models and attributions for cases: built once, cached on disk, memoised in memory.
+
+The fixtures hand a :class:`Workspace` to every case. Each artefact is keyed by the hash of everything that
+made it (see :mod:`harness.cache`), so cases sharing a data set, a model or a method's attributions reuse
+them, across cases, workers and runs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.cache import Cache, load_json, load_tensors, save_json, save_tensors
+from harness.cases import Case
+from harness.specs import DATASETS, METHODS, MODELS, DataBundle, RunContext
+
+log = logging.getLogger("harness")
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    module: nn.Module
+    key: str
+    train_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Attributions:
+    values: torch.Tensor
+    """Attributions of ``x``, on the workspace device."""
+    x: torch.Tensor
+    target: torch.Tensor
+    label: torch.Tensor
+    sample_index: torch.Tensor
+    mask: torch.Tensor | None
+    seconds: float
+    """Wall time it took to compute them (when they were first computed)."""
+
+
+class Workspace:
+    def __init__(self, cache: Cache, device: torch.device) -> None:
+        self.cache = cache
+        self.device = device
+        self._memo: dict[tuple[str, str], Any] = {}
+
+    def _memoised(self, kind: str, key: str, make: Any) -> Any:
+        if (kind, key) not in self._memo:
+            self._memo[(kind, key)] = make()
+        return self._memo[(kind, key)]
+
+    def context(self, case: Case, offset: int = 0) -> RunContext:
+        settings = case.suite.settings
+        return RunContext(
+            device=self.device, seed=case.seed + offset, batch_size=settings["batch_size"],
+            memory_mb=settings["memory_mb"],
+        )
+
+    # -- data -------------------------------------------------------------------------------------------
+    def dataset(self, case: Case) -> DataBundle:
+        spec = case.dataset_spec()
+        path = self.cache.entry("datasets", spec)
+        return self._memoised("dataset", path.name, lambda: self._load_dataset(case, spec))
+
+    def _load_dataset(self, case: Case, spec: dict[str, Any]) -> DataBundle:
+        def build(tmp: Path) -> None:
+            start = time.perf_counter()
+            bundle = DATASETS.get(case.dataset.name).build(seed=case.seed, **case.dataset.params)
+            save_tensors(tmp / "data.pt", bundle.arrays())
+            log.info("built data set %s in %.1fs: %d train, %d test, input %s", case.dataset.key,
+                     time.perf_counter() - start, len(bundle.y_train), len(bundle.y_test), bundle.input_shape)
+
+        path = self.cache.get_or_build("datasets", spec, build)
+        return DataBundle.from_arrays(load_tensors(path / "data.pt"))
+
+    # -- models -----------------------------------------------------------------------------------------
+    def model(self, case: Case) -> TrainedModel:
+        spec = case.model_spec()
+        path = self.cache.entry("models", spec)
+        return self._memoised("model", path.name, lambda: self._load_model(case, spec))
+
+    def _load_model(self, case: Case, spec: dict[str, Any]) -> TrainedModel:
+        from harness.models.training import build_model, train_model
+
+        bundle = self.dataset(case)
+        model_spec = MODELS.get(case.model.name)
+
+        def fresh() -> nn.Module:
+            return build_model(model_spec, dict(case.model.params), bundle.input_shape, bundle.num_classes,
+                               case.seed)
+
+        def build(tmp: Path) -> None:
+            log.info("training %s on %s (%s)", case.model.key, case.dataset.key, dict(case.model.training))
+            train_log = logging.getLogger(f"harness.train.{case.dataset.key}.{case.model.key}")
+            module = fresh()
+            report = train_model(module, bundle, dict(case.model.training), case.seed, self.device, train_log)
+            save_json(tmp / "report.json", report.to_dict())
+            save_tensors(tmp / "weights.pt", module.state_dict())
+
+        path = self.cache.get_or_build("models", spec, build)
+        module = fresh()
+        module.load_state_dict(load_tensors(path / "weights.pt"))
+        module.to(self.device).eval()
+        report = load_json(path / "report.json")
+        return TrainedModel(module, path.name, report["train_accuracy"], report["test_accuracy"],
+                            report["seconds"])
+
+    # -- attributions -----------------------------------------------------------------------------------
+    def attributions(self, case: Case) -> Attributions:
+        spec = case.attribution_spec()
+        path = self.cache.entry("attributions", spec)
+        return self._memoised("attributions", path.name, lambda: self._load_attributions(case, spec))
+
+    def _load_attributions(self, case: Case, spec: dict[str, Any]) -> Attributions:
+        bundle = self.dataset(case)
+        model = self.model(case).module
+        n = min(case.suite.settings["samples"], len(bundle.y_test))
+        x = bundle.x_test[:n].to(self.device)
+        label = bundle.y_test[:n].to(self.device)
+        target = label if case.suite.settings["target"] == "label" else predictions(model, x, self.context(case))
+
+        def build(tmp: Path) -> None:
+            explain = METHODS.get(case.method.name).build(model, self.context(case), **case.method.params)
+            start = time.perf_counter()
+            values = explain(x, target)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            if values.shape != x.shape:
+                raise ValueError(f"method {case.method.key} returned shape {tuple(values.shape)} "
+                                 f"for inputs of shape {tuple(x.shape)}")
+            save_tensors(tmp / "attributions.pt", {"values": values, "target": target})
+            save_json(tmp / "timing.json", {"seconds": seconds, "device": str(self.device)})
+
+        path = self.cache.get_or_build("attributions", spec, build)
+        stored = load_tensors(path / "attributions.pt")
+        mask = bundle.mask_test[:n].to(self.device) if bundle.mask_test is not None else None
+        return Attributions(
+            values=stored["values"].to(self.device), x=x, target=stored["target"].to(self.device), label=label,
+            sample_index=torch.arange(n), mask=mask, seconds=load_json(path / "timing.json")["seconds"],
+        )
+
+
+@torch.inference_mode()
+def predictions(model: nn.Module, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+    rows = ctx.rows_per_chunk(x[0].numel())
+    return torch.cat([model(chunk).argmax(dim=1) for chunk in x.split(rows)])
