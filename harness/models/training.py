@@ -1,0 +1,125 @@
+"""Deterministic model construction and mini-batch training for the benchmark's classifiers.
+
+Determinism: weights are initialised inside ``torch.random.fork_rng`` from ``seed`` (the global RNG is left
+untouched) and batches are shuffled by a seeded CPU ``torch.Generator``, so on the CPU the same seed gives
+bitwise-identical weights.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.specs import DataBundle, ModelSpec, resolve_params
+
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "epochs": 10, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", "weight_decay": 0.0,
+}
+TRAINING_CHOICES: dict[str, tuple[Any, ...]] = {"optimizer": ("adam", "adamw", "sgd")}
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter], float, float], torch.optim.Optimizer]
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "adam": lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+    "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
+}
+"""Optimizer name -> factory(parameters, lr, weight_decay). SGD uses momentum 0.9."""
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What training produced: final accuracies, mean loss per epoch, wall time in seconds."""
+
+    train_accuracy: float
+    test_accuracy: float
+    losses: list[float]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainReport:
+        return cls(
+            train_accuracy=float(data["train_accuracy"]), test_accuracy=float(data["test_accuracy"]),
+            losses=[float(v) for v in data["losses"]], seconds=float(data["seconds"]),
+        )
+
+
+def build_model(
+    spec: ModelSpec, params: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, seed: int
+) -> nn.Module:
+    """Build ``spec`` with weights drawn from ``seed``, leaving the global CPU RNG state as it was."""
+    resolved = resolve_params(f"model {spec.name}", params, spec.defaults, spec.choices)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return spec.build(tuple(input_shape), num_classes, **resolved)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Fraction of ``x`` classified as ``y``, in batches of ``batch_size`` (does not change the model's mode)."""
+    if len(y) == 0:
+        return float("nan")
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size].to(device))
+        correct += int((logits.argmax(dim=1) == y[start : start + batch_size].to(device)).sum())
+    return correct / len(y)
+
+
+def _epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    batch_size: int, generator: torch.Generator,
+) -> tuple[float, float]:
+    """One pass over shuffled mini-batches; returns (mean loss per sample, training-batch accuracy)."""
+    order = torch.randperm(len(y), generator=generator).to(x.device)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        batch = order[start : start + batch_size]
+        logits = model(x[batch])
+        loss = F.cross_entropy(logits, y[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(batch)
+        correct += int((logits.detach().argmax(dim=1) == y[batch]).sum())
+    return total_loss / len(y), correct / len(y)
+
+
+def train_model(
+    model: nn.Module, bundle: DataBundle, settings: dict[str, Any], seed: int, device: torch.device,
+    log: logging.Logger,
+) -> TrainReport:
+    """Cross-entropy training with the chosen optimizer; returns the report and leaves ``model`` in eval mode.
+
+    ``settings`` is checked against :data:`TRAINING_DEFAULTS` / :data:`TRAINING_CHOICES` (missing keys take
+    the defaults). One INFO line per epoch goes to ``log``.
+    """
+    cfg = resolve_params("training", settings, TRAINING_DEFAULTS, TRAINING_CHOICES)
+    model.to(device).train()
+    x, y = bundle.x_train.to(device), bundle.y_train.to(device)
+    optimizer = OPTIMIZERS[cfg["optimizer"]](model.parameters(), cfg["lr"], cfg["weight_decay"])
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for epoch in range(1, cfg["epochs"] + 1):
+        loss, batch_acc = _epoch(model, optimizer, x, y, cfg["batch_size"], generator)
+        losses.append(loss)
+        log.info(
+            "epoch %d/%d loss %.4f train-batch accuracy %.3f elapsed %.1fs",
+            epoch, cfg["epochs"], loss, batch_acc, time.perf_counter() - start,
+        )
+    model.eval()
+    seconds = time.perf_counter() - start
+    return TrainReport(
+        train_accuracy=accuracy(model, bundle.x_train, bundle.y_train, cfg["batch_size"], device),
+        test_accuracy=accuracy(model, bundle.x_test, bundle.y_test, cfg["batch_size"], device),
+        losses=losses, seconds=seconds,
+    )
