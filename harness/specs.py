@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,8 +74,10 @@ class RunContext:
     """Memory budget for one chunk of perturbed inputs, in MiB."""
 
     def generator(self, offset: int = 0) -> torch.Generator:
-        """A CPU generator seeded from the context seed: the same numbers on every device."""
-        return torch.Generator().manual_seed((self.seed + offset) % (2**63))
+        """A CPU generator seeded from (seed, offset) through numpy's SeedSequence, so (0, 1) and (1, 0) give
+        unrelated streams; draw on the CPU and move the numbers, to get the same ones on every device."""
+        state = np.random.SeedSequence([self.seed, offset]).generate_state(1, dtype=np.uint64)[0]
+        return torch.Generator().manual_seed(int(state) % (2**63))
 
     def rows_per_chunk(self, row_numel: int, element_size: int = 4, copies: int = 4) -> int:
         """Rows that fit both the batch budget and the memory budget (``copies`` buffers per row)."""

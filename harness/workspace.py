@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +101,8 @@ class Workspace:
             log.info("training %s on %s (%s)", case.model.key, case.dataset.key, dict(case.model.training))
             train_log = logging.getLogger(f"harness.train.{case.dataset.key}.{case.model.key}")
             module = fresh()
-            report = train_model(module, bundle, dict(case.model.training), case.seed, self.device, train_log)
+            with single_threaded(self.device):
+                report = train_model(module, bundle, dict(case.model.training), case.seed, self.device, train_log)
             save_json(tmp / "report.json", report.to_dict())
             save_tensors(tmp / "weights.pt", module.state_dict())
 
@@ -145,6 +148,23 @@ class Workspace:
             values=stored["values"].to(self.device), x=x, target=stored["target"].to(self.device), label=label,
             sample_index=torch.arange(n), mask=mask, seconds=load_json(path / "timing.json")["seconds"],
         )
+
+
+@contextmanager
+def single_threaded(device: torch.device) -> Iterator[None]:
+    """Train on one CPU thread: the weight-gradient reductions of a multi-threaded CPU backward pass sum in
+    an order that depends on the thread count, so without this a model trained under ``-n 2`` (one thread
+    per worker) would differ in the last bits from one trained under ``-n 0``. Forward passes and input
+    gradients were checked to be bitwise independent of the thread count, so only training is pinned."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.inference_mode()

@@ -1,7 +1,6 @@
 """The plugin end to end with pytester: cases, HDF5 content, report, xdist, resume, failures, interrupts."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import h5py
@@ -10,8 +9,6 @@ import pytest
 
 from harness import load_results
 from harness.store import read_run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY = """
 [suite]
@@ -60,22 +57,9 @@ METRICS.add("user_metric", MetricSpec(name="user_metric", family="faithfulness",
 '''
 
 
-@pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A copy of the project's cases/ and wiring with a tiny suite; the harness comes from this checkout."""
-    monkeypatch.setenv("PYTHONPATH", f"{ROOT}:{pytester.path}")
-    monkeypatch.syspath_prepend(str(pytester.path))
-    shutil.copytree(ROOT / "cases", pytester.path / "cases")
-    shutil.copy(ROOT / "conftest.py", pytester.path / "conftest.py")
-    pytester.makeini(f"[pytest]\naddopts = -p no:cacheprovider --cache-dir {shared_cache}\nxai_suite = tiny\n")
-    (pytester.path / "suites").mkdir()
-    write_suite(pytester, plugins="[]", extra="")
-    return pytester
+@pytest.fixture(autouse=True)
+def tiny_suite(project: pytest.Pytester) -> None:
+    write_suite(project, plugins="[]", extra="")
 
 
 def write_suite(pytester: pytest.Pytester, plugins: str, extra: str) -> None:
