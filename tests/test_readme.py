@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 def block_after(marker: str) -> str:
     text = (ROOT / "README.md").read_text()
-    match = re.search(r"```\w+\n" + re.escape(marker) + r"\n(.*?)```", text, re.S)
+    match = re.search(r"```\w+\n" + re.escape(marker) + r"\n(.*?)```", text, re.DOTALL)
     assert match, f"README has no code block starting with {marker!r}"
     return match.group(1)
 

@@ -93,11 +93,12 @@ def test_load_results_frame(run: Path) -> None:
 
 def test_cli_regenerates_report(run: Path) -> None:
     (run / "report.md").unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-m", "harness", "report", str(run)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "harness", "report", str(run)], capture_output=True, text=True,
+                          check=False)
     assert done.returncode == 0, done.stderr
     assert (run / "report.md").exists() and "## digits × mlp" in (run / "report.md").read_text()
     missing = subprocess.run([sys.executable, "-m", "harness", "report", str(run / "nope")], capture_output=True,
-                             text=True)
+                             text=True, check=False)
     assert missing.returncode == 2 and "no results file" in missing.stderr
 
 

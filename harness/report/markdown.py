@@ -92,13 +92,14 @@ def render(env: dict[str, Any], records: Sequence[CaseRecord]) -> str:
     lines = [
         f"# xaiharness report: run `{env.get('run', '?')}`",
         "",
-        f"Suite `{env.get('suite', '?')}`, seed {settings.get('seed', '?')}, up to {settings.get('samples', '?')} "
-        f"test samples per case, attribution target: {settings.get('target', '?')}. "
-        f"{len(records)} cases recorded: {len(passed)} passed, {len(failed)} failed.",
+        (f"Suite `{env.get('suite', '?')}`, seed {settings.get('seed', '?')}, up to "
+         f"{settings.get('samples', '?')} test samples per case, attribution target: "
+         f"{settings.get('target', '?')}. {len(records)} cases recorded: {len(passed)} passed, "
+         f"{len(failed)} failed."),
         "",
-        "Scores are the mean of each case's primary per-sample output with its 95% percentile-bootstrap "
-        "confidence interval (2,000 resamples). ↑ higher is better, ↓ lower is better; the best mean per "
-        "metric is in bold. Per-sample values and curves are in `results.h5`.",
+        ("Scores are the mean of each case's primary per-sample output with its 95% percentile-bootstrap "
+         "confidence interval (2,000 resamples). ↑ higher is better, ↓ lower is better; the best mean per "
+         "metric is in bold. Per-sample values and curves are in `results.h5`."),
     ]
     groups: dict[tuple[str, str], list[CaseRecord]] = defaultdict(list)
     for record in passed:
@@ -107,8 +108,8 @@ def render(env: dict[str, Any], records: Sequence[CaseRecord]) -> str:
         first = group[0].attrs
         lines += [
             "", f"## {dataset} × {model}", "",
-            f"Model: train accuracy {first['model_train_accuracy']:.3f}, test accuracy "
-            f"{first['model_test_accuracy']:.3f} (trained in {first['model_train_seconds']:.1f} s).",
+            (f"Model: train accuracy {first['model_train_accuracy']:.3f}, test accuracy "
+             f"{first['model_test_accuracy']:.3f} (trained in {first['model_train_seconds']:.1f} s)."),
             "", score_table(group), "", "<details><summary>Timing</summary>", "", timing_table(group), "",
             "</details>",
         ]

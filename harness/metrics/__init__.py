@@ -1,0 +1,4 @@
+"""Metrics; importing this package registers every metric in :data:`harness.specs.METRICS`."""
+from __future__ import annotations
+
+from harness.metrics import deletion  # noqa: F401
