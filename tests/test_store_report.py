@@ -79,6 +79,7 @@ def test_report_tables(run: Path) -> None:
     assert "**" not in random
     assert "0.65 [0.5" in random  # mean 0.65 with a CI starting at or above the minimum value
     assert "## Failed cases" in text and "`digits-mlp-saliency-broken`: auc: not finite" in text
+    assert "## Methods and metrics" in text
 
 
 def test_load_results_frame(run: Path) -> None:

@@ -84,6 +84,22 @@ def suite_order(env: dict[str, Any], records: Sequence[CaseRecord]) -> list[Case
     return sorted(records, key=key)
 
 
+def legend(records: Sequence[CaseRecord]) -> str:
+    """What each method and metric instance of the run is: registered name and resolved parameters."""
+    rows: dict[tuple[str, str], list[str]] = {}
+    for record in records:
+        spec = json.loads(record.attrs["spec"])
+        for kind in ("method", "metric"):
+            entry = spec.get(kind, {})
+            params = ", ".join(f"{k}={v}" for k, v in sorted(entry.get("params", {}).items()))
+            primary = f"`{record.attrs['primary']}`" if kind == "metric" else ""
+            rows.setdefault((kind, record.attrs[kind]), [kind, record.attrs[kind], entry.get("name", "?"),
+                                                         params, primary])
+    ordered = sorted(rows.values(), key=lambda row: row[0] != "method")  # methods first, each in suite order
+    return tabulate(ordered, headers=["", "name", "registered as", "parameters", "primary output"],
+                    tablefmt="github")
+
+
 def render(env: dict[str, Any], records: Sequence[CaseRecord]) -> str:
     records = suite_order(env, records)
     passed = [r for r in records if r.attrs["status"] == "passed"]
@@ -113,6 +129,8 @@ def render(env: dict[str, Any], records: Sequence[CaseRecord]) -> str:
             "", score_table(group), "", "<details><summary>Timing</summary>", "", timing_table(group), "",
             "</details>",
         ]
+    if records:
+        lines += ["", "## Methods and metrics", "", legend(records)]
     if failed:
         lines += ["", "## Failed cases", ""]
         lines += [f"- `{r.attrs['id']}`: {r.attrs['message']}" for r in failed]
