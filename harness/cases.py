@@ -63,7 +63,8 @@ class Case:
         return [self.family, self.suite.name, *self.suite.settings["markers"]]
 
 
-def compatible(suite: Suite, dataset: Entry, model: Entry, metric: Entry) -> bool:
+def compatible(dataset: Entry, model: Entry, metric: Entry) -> bool:
+    """The model takes the data set's modality, the metric applies to it, and its ground truth exists."""
     data_spec = DATASETS.get(dataset.name)
     metric_spec = METRICS.get(metric.name)
     return (
@@ -82,5 +83,5 @@ def expand(suite: Suite, family: str | None = None) -> list[Case]:
         for method in suite.methods
         for metric in suite.metrics
         if (family is None or METRICS.get(metric.name).family == family)
-        and compatible(suite, dataset, model, metric)
+        and compatible(dataset, model, metric)
     ]

@@ -126,9 +126,10 @@ class Workspace:
         n = min(case.suite.settings["samples"], len(bundle.y_test))
         x = bundle.x_test[:n].to(self.device)
         label = bundle.y_test[:n].to(self.device)
-        target = label if case.suite.settings["target"] == "label" else predictions(model, x, self.context(case))
 
         def build(tmp: Path) -> None:
+            by_label = case.suite.settings["target"] == "label"
+            target = label if by_label else predictions(model, x, self.context(case))
             explain = METHODS.get(case.method.name).build(model, self.context(case), **case.method.params)
             start = time.perf_counter()
             values = explain(x, target)
@@ -167,7 +168,8 @@ def single_threaded(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the predictions become captum targets inside autograd
 def predictions(model: nn.Module, x: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+    """The model's predicted class per input, in chunks under the batch budget."""
     rows = ctx.rows_per_chunk(x[0].numel())
     return torch.cat([model(chunk).argmax(dim=1) for chunk in x.split(rows)])

@@ -164,3 +164,31 @@ def test_interrupt_keeps_finished_cases(project: pytest.Pytester) -> None:
     (project.path / "interrupt.flag").unlink()
     project.runpytest_subprocess("cases", "--resume", "i").assert_outcomes(skipped=2, passed=4)
     assert len(outputs(project.path / "reports/i")) == 6
+
+
+CONFTEST_METHOD = '''
+
+import torch
+from harness.specs import METHODS, MethodSpec
+
+
+def build_gradient_sign(model, ctx, scale=1.0):
+    def explain(x, target):
+        x = x.detach().clone().requires_grad_(True)
+        out = model(x).gather(1, target[:, None]).sum()
+        (grad,) = torch.autograd.grad(out, x)
+        return scale * grad.sign()
+    return explain
+
+
+METHODS.add("gradient_sign", MethodSpec(name="gradient_sign", build=build_gradient_sign, defaults={"scale": 1.0}))
+'''
+
+
+def test_method_registered_in_conftest(project: pytest.Pytester) -> None:
+    with (project.path / "conftest.py").open("a") as f:
+        f.write(CONFTEST_METHOD)
+    write_suite(project, plugins="[]", extra='[methods.gradient_sign]\nscale = 2.0\n')
+    result = project.runpytest_subprocess("cases", "--run", "m", "-k", "gradient_sign")
+    result.assert_outcomes(passed=2)
+    assert "gradient_sign" in (project.path / "reports/m/report.md").read_text()

@@ -1,0 +1,80 @@
+"""The workspace: data sets, models and attributions built once, cached by spec, reused."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import harness.models.training as training
+from harness.cache import Cache
+from harness.cases import Case, expand
+from harness.suite import load_suite
+from harness.workspace import Workspace
+
+SUITE = """
+[suite]
+samples = 5
+target = "{target}"
+
+[datasets.pasted]
+dataset = "pasted_digits"
+canvas = 12
+n_train = 200
+n_test = 40
+
+[models.mlp]
+hidden = [16]
+[models.mlp.training]
+epochs = 2
+
+[methods.saliency]
+[methods.random]
+
+[metrics.deletion]
+steps = 4
+"""
+
+
+def cases(tmp_path: Path, target: str = "label") -> list[Case]:
+    path = tmp_path / f"{target}.toml"
+    path.write_text(SUITE.format(target=target))
+    return expand(load_suite(path))
+
+
+def test_model_is_trained_once_and_reloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    case = cases(tmp_path)[0]
+    first = Workspace(Cache(tmp_path / "cache"), torch.device("cpu")).model(case)
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached model was trained again")
+
+    monkeypatch.setattr(training, "train_model", no_training)
+    again = Workspace(Cache(tmp_path / "cache"), torch.device("cpu")).model(case)
+    assert again.key == first.key and again.test_accuracy == first.test_accuracy
+    for name, tensor in first.module.state_dict().items():
+        assert torch.equal(tensor, again.module.state_dict()[name])
+    assert not again.module.training
+
+
+def test_attributions_shared_and_keyed_by_method(tmp_path: Path) -> None:
+    saliency, random = cases(tmp_path)
+    workspace = Workspace(Cache(tmp_path / "cache"), torch.device("cpu"))
+    a = workspace.attributions(saliency)
+    assert a.values.shape == a.x.shape == (5, 1, 12, 12)
+    assert a.mask is not None and a.mask.shape == (5, 1, 12, 12) and a.mask.dtype == torch.bool
+    assert torch.equal(a.target, a.label) and a.sample_index.tolist() == list(range(5))
+    fresh = Workspace(Cache(tmp_path / "cache"), torch.device("cpu")).attributions(saliency)
+    assert torch.equal(fresh.values, a.values) and fresh.seconds == a.seconds
+    other = workspace.attributions(random)
+    assert not torch.equal(other.values, a.values)
+    assert len(list((tmp_path / "cache" / "attributions").glob("*/spec.json"))) == 2
+
+
+def test_prediction_target(tmp_path: Path) -> None:
+    case = cases(tmp_path, target="prediction")[0]
+    workspace = Workspace(Cache(tmp_path / "cache"), torch.device("cpu"))
+    a = workspace.attributions(case)
+    with torch.inference_mode():
+        predicted = workspace.model(case).module(a.x).argmax(1)
+    assert torch.equal(a.target, predicted)
