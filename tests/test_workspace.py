@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.models.training as training
 from harness.cache import Cache
 from harness.cases import Case, expand
+from harness.models import training
 from harness.suite import load_suite
 from harness.workspace import Workspace
 
