@@ -7,7 +7,7 @@ a suite fails before any work with a message naming the bad key and the valid ch
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -172,57 +172,50 @@ class MetricResult:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class Spec:
+    """What every registered spec has: a name, and parameters declared by their defaults and choices."""
+
     name: str
-    build: Callable[..., DataBundle]
-    """``build(seed: int, **params) -> DataBundle`` (runs on the CPU; the result is cached on disk)."""
-    modality: str
+    _: KW_ONLY
     defaults: Params = field(default_factory=dict)
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     description: str = ""
     version: int = 1
-    """Bump when the builder changes, so cached copies are rebuilt."""
+    """Bump when the factory changes, so cached artefacts made by the old one are rebuilt."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec(Spec):
+    build: Callable[..., DataBundle]
+    """``build(seed: int, **params) -> DataBundle`` with every parameter resolved (runs on the CPU; the
+    result is cached on disk)."""
+    modality: str
     has_mask: bool = False
     """Whether the bundle carries ``mask_test`` (ground truth for localisation metrics)."""
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    name: str
+class ModelSpec(Spec):
     build: Callable[..., nn.Module]
     """``build(input_shape: tuple[int, ...], num_classes: int, **params) -> nn.Module``."""
     modalities: frozenset[str]
-    defaults: Params = field(default_factory=dict)
-    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    description: str = ""
-    version: int = 1
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    name: str
+class MethodSpec(Spec):
     build: Callable[..., Explainer]
     """``build(model, ctx: RunContext, **params) -> explain`` with internal batching under the budget."""
-    defaults: Params = field(default_factory=dict)
-    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    description: str = ""
-    version: int = 1
 
 
 @dataclass(frozen=True)
-class MetricSpec:
-    name: str
+class MetricSpec(Spec):
     family: str
     compute: Callable[..., MetricResult]
     """``compute(inputs: MetricInputs, ctx: RunContext, **params) -> MetricResult``."""
     modalities: frozenset[str]
-    defaults: Params = field(default_factory=dict)
-    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    description: str = ""
     reference: str = ""
     needs_mask: bool = False
     needs_explain: bool = False
-    version: int = 1
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

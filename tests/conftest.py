@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+from harness.workspace import single_threaded
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,3 +28,10 @@ def project(pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.M
     pytester.makeini(f"[pytest]\naddopts = -p no:cacheprovider --cache-dir {shared_cache}\nxai_suite = tiny\n")
     (pytester.path / "suites").mkdir()
     return pytester
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest, and time most steadily on a shared machine, on one thread."""
+    with single_threaded(torch.device("cpu")):
+        yield

@@ -1,8 +1,6 @@
 """Every registered attribution method passes the common contracts; references for the gradient methods."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from captum.attr import DeepLift, NoiseTunnel, Saliency
@@ -19,13 +17,7 @@ N, SHAPE, CLASSES = 5, (1, 8, 8), 10
 pytestmark = pytest.mark.filterwarnings("ignore:Setting forward, backward hooks:UserWarning")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, especially on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest, and steadiest, on one thread
 
 
 @pytest.fixture(scope="module", params=["mlp", "small_cnn"])
