@@ -70,6 +70,9 @@ def case_payload(
         "bounds": _plain(result.bounds),
         "info": _plain(result.info),
         "outputs": {name: _plain(value.double()) for name, value in result.outputs.items()},
+        "aggregates": {
+            name: float(value.double().mean()) for name, value in result.outputs.items() if value.ndim == 1
+        },
         "sample_index": _plain(attributions.sample_index),
         "label": _plain(attributions.label),
         "target": _plain(attributions.target),

@@ -6,7 +6,8 @@ Layout (``FORMAT_VERSION`` 1)::
                                       environment (python, torch, captum, numpy, platform, cpu, cuda, ...)
     /cases/<case id>/          one group per case (id = dataset-model-method-metric)
         attrs: id, key (hash of the full spec), spec (JSON), family, dataset, model, method, metric,
-               status (passed | failed), message, primary, higher_is_better, bounds (JSON),
+               status (passed | failed), message, primary, higher_is_better, bounds (JSON), aggregates (JSON:
+               the mean of every per-sample scalar output),
                attribution_seconds, metric_seconds, forward_passes, samples_per_second, device, worker,
                model_key, model_train_accuracy, model_test_accuracy, model_train_seconds, info (JSON),
                recorded_at
@@ -67,6 +68,7 @@ def write_case(path: Path, payload: Mapping[str, Any], status: str, message: str
         group.attrs["message"] = message
         group.attrs["bounds"] = json.dumps(payload["bounds"])
         group.attrs["info"] = json.dumps(payload["info"])
+        group.attrs["aggregates"] = json.dumps(payload["aggregates"])
         group.attrs["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for key, value in {**payload["timings"], **{f"model_{k}": v for k, v in payload["trained"].items()}}.items():
             group.attrs[key] = _attr(value)

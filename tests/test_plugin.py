@@ -1,6 +1,7 @@
 """The plugin end to end with pytester: cases, HDF5 content, report, xdist, resume, failures, interrupts."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -89,6 +90,8 @@ def test_runs_cases_and_writes_hdf5_and_report(project: pytest.Pytester) -> None
         assert 0.0 <= case.attrs["model_test_accuracy"] <= 1.0
         assert case["outputs/curve_softmax"].shape == (6, 5) and case["outputs/auc"].shape == (6,)
         assert case["sample_index"][()].tolist() == list(range(6))
+        aggregates = json.loads(case.attrs["aggregates"])
+        assert aggregates["auc"] == pytest.approx(float(case["outputs/auc"][()].mean()))
     report = (run / "report.md").read_text()
     assert "## digits × mlp" in report and "| method" in report and "deletion_morf ↓" in report
     frame = load_results(run)

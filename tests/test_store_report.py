@@ -23,6 +23,7 @@ def payload(method: str, metric: str, values: list[float], higher: bool, key: st
         "dataset": "digits", "model": "mlp", "method": method, "metric": metric, "primary": "auc",
         "higher_is_better": higher, "bounds": {"auc": [0.0, 1.0]}, "info": {"k": [0, 1]},
         "outputs": {"auc": values, "curve_softmax": [[v, v] for v in values]},
+        "aggregates": {"auc": float(np.mean(values))},
         "sample_index": list(range(n)), "label": [1] * n, "target": [1] * n,
         "timings": {"attribution_seconds": 0.5, "metric_seconds": 0.25, "forward_passes": 2 * n,
                     "samples_per_second": n / 0.25},
@@ -54,6 +55,7 @@ def test_layout_round_trips(run: Path) -> None:
     np.testing.assert_array_equal(record.outputs["auc"], [0.1, 0.2, 0.3, 0.4])
     assert record.outputs["curve_softmax"].shape == (4, 2) and record.outputs["auc"].dtype == np.float64
     assert record.attrs["forward_passes"] == 8 and record.attrs["model_test_accuracy"] == 0.9
+    assert json.loads(record.attrs["aggregates"]) == {"auc": pytest.approx(0.25)}
     assert by_id["digits-mlp-saliency-broken"].attrs["message"] == "auc: not finite"
     assert recorded_keys(run / "results.h5") == {i: "k" for i in by_id if "broken" not in i}
 
