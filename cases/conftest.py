@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cases import expand
+from harness.cases import Case, expand
 from harness.plugin import state_of
 
 
@@ -19,3 +19,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for case in cases
     ]
     metafunc.parametrize("case", params)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A family the suite has no case for is deselected, not reported as an empty skipped test."""
+    empty = [item for item in items if "case" in getattr(item, "fixturenames", ())
+             and not isinstance(getattr(item, "callspec", None) and item.callspec.params.get("case"), Case)]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [item for item in items if item not in empty]

@@ -52,6 +52,32 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+EXAMPLES = 3
+"""Samples per (data set, model, method) kept as example attribution maps for the report's figures."""
+EXAMPLE_SIDE = 64
+"""Example maps larger than this are average-pooled down to it (the mask max-pooled)."""
+
+
+def examples(attributions: Attributions) -> dict[str, Any]:
+    """The first few inputs, |attribution| maps and masks of an image case, as plain (k, h, w) lists.
+
+    Channels are collapsed (input: mean; attribution: mean |.|; mask: any), large maps pooled to
+    ``EXAMPLE_SIDE``. Empty for data that are not images."""
+    x = attributions.x[:EXAMPLES]
+    if x.ndim != 4:
+        return {}
+    maps = {"input": x.mean(1), "attribution": attributions.values[:EXAMPLES].abs().mean(1)}
+    if attributions.mask is not None:
+        maps["mask"] = attributions.mask[:EXAMPLES].any(1).float()
+    side = max(x.shape[-2:])
+    if side > EXAMPLE_SIDE:
+        size = [max(1, round(d * EXAMPLE_SIDE / side)) for d in x.shape[-2:]]
+        maps = {k: (torch.nn.functional.adaptive_max_pool2d if k == "mask" else
+                    torch.nn.functional.adaptive_avg_pool2d)(v[:, None].float(), size)[:, 0]
+                for k, v in maps.items()}
+    return {k: _plain(v.float()) for k, v in maps.items()}
+
+
 def case_payload(
     case: Case, result: MetricResult, timings: Timings, model: TrainedModel, attributions: Attributions,
     device: torch.device,
@@ -83,6 +109,7 @@ def case_payload(
             "test_accuracy": float(model.test_accuracy),
             "train_seconds": float(model.seconds),
         },
+        "examples": examples(attributions),
         "device": str(device),
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
     }

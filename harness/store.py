@@ -14,6 +14,8 @@ Layout (``FORMAT_VERSION`` 1)::
         sample_index  (n,)     int64, index into the data set's test split
         label, target (n,)     int64, true class and the class attributed / scored
         outputs/<name> (n, ...) float64, one per metric output (e.g. auc (n,), curve_softmax (n, steps))
+    /examples/<dataset-model-method>/   image data only, written once per triple, for the report's figures
+        input, attribution[, mask] (k, h, w) float32: channel mean of x, channel mean of |attribution|, mask
 
 The file is opened, appended and closed for every case, so a run that is interrupted keeps every case that
 finished; a case recorded again (same id) replaces the old group.
@@ -77,7 +79,24 @@ def write_case(path: Path, payload: Mapping[str, Any], status: str, message: str
         outputs = group.create_group("outputs")
         for name, values in payload["outputs"].items():
             outputs.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+        _write_examples(f, payload)
         f.flush()
+
+
+def _write_examples(f: h5py.File, payload: Mapping[str, Any]) -> None:
+    """Example maps, once per (data set, model, method): the same for every metric of that triple."""
+    name = f"{payload['dataset']}-{payload['model']}-{payload['method']}"
+    if not payload.get("examples") or name in f.require_group("examples"):
+        return
+    group = f["examples"].create_group(name)
+    for key, values in payload["examples"].items():
+        group.create_dataset(key, data=np.asarray(values, dtype=np.float32))
+
+
+def read_examples(path: Path | str) -> dict[str, dict[str, np.ndarray]]:
+    """``{dataset-model-method: {input, attribution[, mask]: (k, h, w)}}`` of a run."""
+    with h5py.File(results_path(path), "r") as f:
+        return {name: {k: d[()] for k, d in g.items()} for name, g in f.get("examples", {}).items()}
 
 
 def recorded_keys(path: Path) -> dict[str, str]:

@@ -92,8 +92,13 @@ def test_runs_cases_and_writes_hdf5_and_report(project: pytest.Pytester) -> None
         assert case["sample_index"][()].tolist() == list(range(6))
         aggregates = json.loads(case.attrs["aggregates"])
         assert aggregates["auc"] == pytest.approx(float(case["outputs/auc"][()].mean()))
+    with h5py.File(run / "results.h5") as f:
+        examples = f["examples/digits-mlp-saliency"]
+        assert examples["input"].shape == examples["attribution"].shape == (3, 8, 8) and "mask" not in examples
     report = (run / "report.md").read_text()
     assert "## digits × mlp" in report and "| method" in report and "deletion_morf ↓" in report
+    assert "### faithfulness" in report and "](figures/digits-mlp.png)" in report
+    assert (run / "figures" / "digits-mlp.png").stat().st_size > 1000
     frame = load_results(run)
     assert set(frame["method"]) == {"random", "saliency"} and len(frame[frame.primary]) == 4 * 6
 

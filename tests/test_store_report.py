@@ -13,6 +13,7 @@ import pytest
 
 from harness import load_results
 from harness.report import write_report
+from harness.report.figures import example_grid, mask_box
 from harness.store import read_run, recorded_keys, write_case, write_environment
 
 
@@ -111,3 +112,15 @@ def test_partial_file_is_readable_after_each_case(tmp_path: Path) -> None:
     write_case(path, payload("saliency", "deletion_morf", [0.1], higher=False), "passed")
     with h5py.File(path, "r") as f:  # closed and flushed: readable by another process right away
         assert list(f["cases"]) == ["digits-mlp-saliency-deletion_morf"]
+
+
+def test_mask_box_and_example_grid(tmp_path: Path) -> None:
+    mask = np.zeros((6, 7))
+    mask[2:4, 1:5] = 1
+    assert mask_box(mask) == (2, 1, 2, 4)
+    assert mask_box(np.zeros((3, 3))) is None
+    rng = np.random.default_rng(0)
+    maps = {"input": rng.random((2, 6, 7)), "attribution": rng.random((2, 6, 7)), "mask": np.stack([mask, mask])}
+    out = example_grid({"saliency": maps, "random": maps}, ["random", "saliency", "absent"], tmp_path / "f.png", "t")
+    assert out == tmp_path / "f.png" and out.stat().st_size > 1000
+    assert example_grid({}, ["saliency"], tmp_path / "g.png", "t") is None

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
+from harness.report.figures import example_grid
 from harness.report.stats import bootstrap_mean_ci
-from harness.store import CaseRecord, read_run
+from harness.store import CaseRecord, read_examples, read_run
 
 ENV_KEYS = ("python", "torch", "captum", "numpy", "platform", "cpu", "threads", "cuda", "workers", "created")
 
@@ -100,7 +101,20 @@ def legend(records: Sequence[CaseRecord]) -> str:
                     tablefmt="github")
 
 
-def render(env: dict[str, Any], records: Sequence[CaseRecord]) -> str:
+def family_tables(records: Sequence[CaseRecord]) -> list[str]:
+    """One methods × metrics table per metric family, families in the order they first appear."""
+    families = _ordered(r.attrs["family"] for r in records)
+    lines: list[str] = []
+    for family in families:
+        lines += ["", f"### {family}", "", score_table([r for r in records if r.attrs["family"] == family])]
+    return lines
+
+
+def render(
+    env: dict[str, Any], records: Sequence[CaseRecord], figures: dict[tuple[str, str], str] | None = None
+) -> str:
+    """The markdown report; ``figures`` maps (data set, model) to a figure path relative to the report."""
+    figures = figures or {}
     records = suite_order(env, records)
     passed = [r for r in records if r.attrs["status"] == "passed"]
     failed = [r for r in records if r.attrs["status"] != "passed"]
@@ -126,9 +140,13 @@ def render(env: dict[str, Any], records: Sequence[CaseRecord]) -> str:
             "", f"## {dataset} × {model}", "",
             (f"Model: train accuracy {first['model_train_accuracy']:.3f}, test accuracy "
              f"{first['model_test_accuracy']:.3f} (trained in {first['model_train_seconds']:.1f} s)."),
-            "", score_table(group), "", "<details><summary>Timing</summary>", "", timing_table(group), "",
+            *family_tables(group), "", "<details><summary>Timing</summary>", "", timing_table(group), "",
             "</details>",
         ]
+        if (dataset, model) in figures:
+            lines += ["", f"![Example attributions, {dataset} × {model}]({figures[(dataset, model)]})",
+                      "", ("Example attribution maps (mean |attribution| over channels, each map scaled to its "
+                      "own maximum); the green box is the ground-truth region where the data set has one.")]
     if records:
         lines += ["", "## Methods and metrics", "", legend(records)]
     if failed:
@@ -138,12 +156,28 @@ def render(env: dict[str, Any], records: Sequence[CaseRecord]) -> str:
     return "\n".join(lines)
 
 
+def write_figures(run_dir: Path, env: dict[str, Any], records: Sequence[CaseRecord]) -> dict[tuple[str, str], str]:
+    """``figures/<dataset>-<model>.png`` for every data set × model with example maps; their paths."""
+    examples = read_examples(run_dir / "results.h5")
+    out: dict[tuple[str, str], str] = {}
+    pairs = _ordered((r.attrs["dataset"], r.attrs["model"]) for r in suite_order(env, records))
+    for dataset, model in pairs:
+        methods = _ordered(r.attrs["method"] for r in suite_order(env, records)
+                           if (r.attrs["dataset"], r.attrs["model"]) == (dataset, model))
+        maps = {m: examples[f"{dataset}-{model}-{m}"] for m in methods if f"{dataset}-{model}-{m}" in examples}
+        name = f"figures/{dataset}-{model}.png"
+        if example_grid(maps, methods, run_dir / name, f"{dataset} × {model}"):
+            out[(dataset, model)] = name
+    return out
+
+
 def write_report(path: Path | str) -> Path:
-    """Regenerate ``report.md`` next to the results file of a run; returns its path."""
+    """Regenerate ``report.md`` (and its figures) next to the results file of a run; returns its path."""
     env, records = read_run(path)
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    figures = write_figures(run_dir, env, [r for r in records if r.attrs["status"] == "passed"])
     out = run_dir / "report.md"
-    out.write_text(render(env, records))
+    out.write_text(render(env, records, figures))
     return out
 
 
