@@ -33,12 +33,13 @@ def score_table(records: Sequence[CaseRecord]) -> str:
     metrics = _ordered(r.attrs["metric"] for r in records)
     stats = {(r.attrs["method"], r.attrs["metric"]): bootstrap_mean_ci(r.primary_values) for r in records}
     higher = {r.attrs["metric"]: bool(r.attrs["higher_is_better"]) for r in records}
-    best: dict[str, str] = {}
+    best: dict[str, set[str]] = {}
     for metric in metrics:
-        scored = [(stats[(m, metric)][0], m) for m in methods if (m, metric) in stats
-                  and np.isfinite(stats[(m, metric)][0])]
-        if len(scored) > 1:
-            best[metric] = (max(scored) if higher[metric] else min(scored))[1]
+        means = {m: stats[(m, metric)][0] for m in methods if (m, metric) in stats}
+        finite = [v for v in means.values() if np.isfinite(v)]
+        if len(finite) > 1:
+            top = max(finite) if higher[metric] else min(finite)
+            best[metric] = {m for m, v in means.items() if v == top}  # ties: every best method is bold
     rows = []
     for method in methods:
         row = [method]
@@ -48,7 +49,7 @@ def score_table(records: Sequence[CaseRecord]) -> str:
                 continue
             mean, lo, hi = stats[(method, metric)]
             cell = _fmt(mean)
-            row.append((f"**{cell}**" if best.get(metric) == method else cell) + f" [{_fmt(lo)}, {_fmt(hi)}]")
+            row.append((f"**{cell}**" if method in best.get(metric, ()) else cell) + f" [{_fmt(lo)}, {_fmt(hi)}]")
         rows.append(row)
     headers = ["method"] + [f"{m} {'↑' if higher[m] else '↓'}" for m in metrics]
     return tabulate(rows, headers=headers, tablefmt="github")
