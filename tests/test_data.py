@@ -11,7 +11,9 @@ from sklearn.datasets import load_digits
 import harness.data  # noqa: F401  (registers the datasets)
 from harness.specs import DATASETS, DataBundle, ParamError, resolve_params
 
-SMALL: dict[str, dict[str, object]] = {"pasted_digits": {"n_train": 96, "n_test": 48}}
+SMALL: dict[str, dict[str, object]] = {
+    "pasted_digits": {"n_train": 96, "n_test": 48}, "chaos_vision": {"n_train": 96, "n_test": 48},
+}
 """Small parameters per dataset so the common contracts stay fast."""
 
 
