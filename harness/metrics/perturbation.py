@@ -106,8 +106,18 @@ def perturbation_curve(
     (N, S). Deletion (``insert=False``) replaces the ranked pixels of ``x`` by ``baseline``; insertion
     replaces the others, i.e. reveals the ranked pixels of ``x`` in ``baseline``. Rows (sample, step) go
     through the model in eval mode, chunked by ``ctx.rows_per_chunk``; nothing is copied off the device.
+    A ``k`` repeated in a shared (S,) grid (small images with many steps: 8×8 pixels at 100 steps over 15%
+    give 10 distinct k) is evaluated once and its outputs reused: the same row gives the same output, so
+    this changes no value, only the forward passes counted.
     """
     _check_curve_inputs(x, target, scores, baseline)
+    shared = torch.as_tensor(ks, dtype=torch.long)
+    if shared.ndim == 1:
+        unique, inverse = torch.unique(shared, sorted=True, return_inverse=True)
+        if unique.numel() < shared.numel():
+            once = perturbation_curve(model, x, target, scores, baseline, unique, insert=insert, ctx=ctx)
+            index = inverse.to(once.logits.device)
+            return Curves(once.logits[:, index], once.softmax[:, index], once.forward_passes)
     steps_k = _ks_tensor(ks, x.shape[0], scores.shape[1], x.device)
     fill, keep = (as_pixels(x), as_pixels(baseline)) if insert else (as_pixels(baseline), as_pixels(x))
     with eval_mode(model), torch.inference_mode():
