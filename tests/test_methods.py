@@ -1,6 +1,9 @@
 """Every registered attribution method passes the common contracts; references for the gradient methods."""
 from __future__ import annotations
 
+from itertools import pairwise
+from typing import Any
+
 import pytest
 import torch
 from captum.attr import DeepLift, NoiseTunnel, Saliency
@@ -124,12 +127,31 @@ def test_forward_passes_stay_within_the_budget(
 
 def test_table_rows_route_every_parameter() -> None:
     for method in CAPTUM_METHODS.values():
-        consumed = set(method.call) | (set(SMOOTHING_PARAMS) if method.smoothing else set())
+        consumed = set(method.call) | set(method.shape_params)
+        consumed |= set(SMOOTHING_PARAMS) if method.smoothing else set()
         assert consumed == set(method.defaults), method.name
-    costs = {name: m.rows_per_sample(m.defaults) for name, m in CAPTUM_METHODS.items()}
+    costs = {name: m.rows_per_sample(m.defaults, SHAPE) for name, m in CAPTUM_METHODS.items()}
     assert costs == {
         "saliency": 1, "input_x_gradient": 1, "integrated_gradients": 25, "smoothgrad": 50, "deep_lift": 2,
+        "feature_ablation": 1 + 4,  # four 4x4 patches of an 8x8 image, plus the unperturbed row
+        "occlusion": 1 + 9,  # a 4-px window at 0, 2, 4 along each axis
     }
+
+
+@pytest.mark.parametrize("name", sorted(CAPTUM_METHODS))
+def test_rows_through_the_model_are_the_cost(
+    name: str, model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """Chunking adds no forward rows: N x rows_per_sample reach the first layer, under a small budget too."""
+    x, target = inputs
+    rows: list[int] = []
+    handle = next(iter(model.children())).register_forward_pre_hook(lambda _, args: rows.append(len(args[0])))
+    try:
+        explainer(name, model, batch_size=7)(x, target)
+    finally:
+        handle.remove()
+    method = CAPTUM_METHODS[name]
+    assert sum(rows) == N * method.rows_per_sample(method.defaults, SHAPE)
 
 
 # ---- references -----------------------------------------------------------------------------------------
@@ -227,3 +249,128 @@ def test_scalar_target_means_every_sample(mlp: nn.Module, inputs: tuple[torch.Te
 def test_bad_choice_is_rejected(mlp: nn.Module) -> None:
     with pytest.raises(ParamError, match="choices"):
         explainer("integrated_gradients", mlp, method="simpson")
+
+
+# ---- perturbation methods (forward only) ----------------------------------------------------------------
+
+Region = tuple[slice | int, ...]
+"""Index of one feature group within a sample (the batch axis excluded)."""
+
+
+def starts(size: int, window: int, stride: int) -> list[int]:
+    """Window starts: every stride while the window fits, then one more (cut at the end) if the last fell short."""
+    out = list(range(0, size - window + 1, stride))
+    return out + [out[-1] + stride] if out[-1] + window < size else out
+
+
+def ablation_regions(shape: tuple[int, ...], patch: int, grid: int) -> list[Region]:
+    if len(shape) < 3:  # tabular columns, sequence channels
+        return [(i,) for i in range(shape[0])]
+    if grid:
+        cuts = [[i * (size // grid) for i in range(grid)] + [size] for size in shape[1:]]
+        spans = [[slice(a, b) for a, b in pairwise(c)] for c in cuts]
+    else:
+        spans = [[slice(a, a + patch) for a in range(0, size, patch)] for size in shape[1:]]
+    return [(slice(None), r, c) for r in spans[0] for c in spans[1]]
+
+
+def occlusion_regions(shape: tuple[int, ...], window: int, stride: int) -> list[Region]:
+    axes = shape if len(shape) == 1 else shape[1:]
+    spans = [[slice(a, a + min(window, size)) for a in starts(size, min(window, size), stride)] for size in axes]
+    lead: Region = () if len(shape) == 1 else (slice(None),)
+    if len(spans) == 1:
+        return [(*lead, s) for s in spans[0]]
+    return [(*lead, r, c) for r in spans[0] for c in spans[1]]
+
+
+def perturbation_reference(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, regions: list[Region], baseline: float
+) -> torch.Tensor:
+    """Plain loop: f(x) - f(x with one region at the baseline), averaged over the regions covering each input."""
+    total, count = torch.zeros_like(x), torch.zeros_like(x)
+    with torch.inference_mode():
+        clean = model(x)[torch.arange(len(x)), target]
+        for region in regions:
+            ablated = x.clone()
+            ablated[(slice(None), *region)] = baseline
+            diff = clean - model(ablated)[torch.arange(len(x)), target]
+            covered = torch.zeros_like(x)
+            covered[(slice(None), *region)] = 1.0
+            total += diff.reshape(-1, *[1] * (x.ndim - 1)) * covered
+            count += covered
+    assert bool((count > 0).all()), "the regions cover every input"
+    return total / count
+
+
+PERTURBATION_CASES = [  # (method, model, sample shape, params, regions of the reference)
+    ("feature_ablation", "small_cnn", SHAPE, {}, ablation_regions(SHAPE, 4, 0)),
+    ("feature_ablation", "mlp", SHAPE, {"patch": 3, "baseline": 0.5}, ablation_regions(SHAPE, 3, 0)),
+    ("feature_ablation", "small_cnn", SHAPE, {"grid": 3}, ablation_regions(SHAPE, 0, 3)),  # cells 2, 2, 4 wide
+    ("feature_ablation", "mlp", (2, 6, 9), {"grid": 2, "baseline": -1.0}, ablation_regions((2, 6, 9), 0, 2)),
+    ("feature_ablation", "mlp", (12,), {}, ablation_regions((12,), 0, 0)),
+    ("feature_ablation", "mlp", (3, 10), {"baseline": 1.0}, ablation_regions((3, 10), 0, 0)),
+    ("occlusion", "small_cnn", SHAPE, {}, occlusion_regions(SHAPE, 4, 2)),
+    ("occlusion", "mlp", SHAPE, {"window": 3, "stride": 2, "baseline": -1.0}, occlusion_regions(SHAPE, 3, 2)),
+    ("occlusion", "small_cnn", (2, 7, 9), {"window": 3, "stride": 3}, occlusion_regions((2, 7, 9), 3, 3)),
+    ("occlusion", "mlp", (12,), {"window": 5, "stride": 3}, occlusion_regions((12,), 5, 3)),
+    ("occlusion", "mlp", (3, 10), {"window": 4, "stride": 4, "baseline": 0.5}, occlusion_regions((3, 10), 4, 4)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "model_name", "shape", "params", "regions"), PERTURBATION_CASES,
+    ids=[f"{case[0]}-{case[1]}-{'x'.join(map(str, case[2]))}-{i}" for i, case in enumerate(PERTURBATION_CASES)],
+)
+def test_perturbation_methods_match_a_plain_loop(
+    name: str, model_name: str, shape: tuple[int, ...], params: dict[str, Any], regions: list[Region]
+) -> None:
+    """References for captum FeatureAblation / Occlusion, and budget independence to 1e-6 (budgets 1, 7, 1000)."""
+    net = build_model(MODELS.get(model_name), {}, shape, CLASSES, seed=0).eval()
+    x = torch.randn(N, *shape, generator=torch.Generator().manual_seed(2))
+    target = torch.tensor([3, 1, 4, 1, 5])
+    want = perturbation_reference(net, x, target, regions, float(params.get("baseline", 0.0)))
+    outs = [explainer(name, net, batch_size=b, **params)(x, target) for b in (1, 7, 1000)]
+    for out in outs:
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-6)
+    assert float(want.abs().max()) > 1e-3, "the case is not trivial"
+
+
+def test_feature_ablation_of_single_pixels_of_a_linear_model_is_w_times_x() -> None:
+    """f = W x + b: ablating pixel i to baseline r changes logit t by W[t, i] (x_i - r)."""
+    linear = nn.Linear(4, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[9.0, 9.0, 9.0, 9.0], [1.0, 2.0, 3.0, 4.0]]))
+        linear.bias.fill_(7.0)
+    net = nn.Sequential(nn.Flatten(), linear)
+    x = torch.tensor([[[[1.0, 1.0], [2.0, -1.0]]]])  # (1, 1, 2, 2)
+    target = torch.tensor([1])
+    got = explainer("feature_ablation", net, patch=1)(x, target)
+    torch.testing.assert_close(got, torch.tensor([[[[1.0, 2.0], [6.0, -4.0]]]]))
+    got = explainer("feature_ablation", net, patch=1, baseline=0.5, batch_size=2)(x, target)
+    torch.testing.assert_close(got, torch.tensor([[[[0.5, 1.0], [4.5, -6.0]]]]))
+
+
+@pytest.mark.parametrize("name", ["feature_ablation", "occlusion"])
+def test_perturbation_methods_need_no_gradients(name: str, mlp: nn.Module) -> None:
+    x, target = torch.randn(2, *SHAPE), torch.tensor([0, 1])
+    for p in mlp.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            out = explainer(name, mlp)(x, target)
+    finally:
+        for p in mlp.parameters():
+            p.requires_grad_(True)
+    assert out.shape == x.shape and float(out.abs().max()) > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("feature_ablation", {"patch": 0}), ("feature_ablation", {"grid": -1}),
+        ("occlusion", {"window": 2, "stride": 3}), ("occlusion", {"stride": 0}),
+    ],
+)
+def test_perturbation_parameters_out_of_range_are_rejected(name: str, params: dict[str, int], mlp: nn.Module) -> None:
+    with pytest.raises(ParamError, match=next(iter(params))):
+        explainer(name, mlp, **params)

@@ -7,9 +7,15 @@ The adapter then chunks inputs so that no forward pass exceeds ``RunContext.batc
 budget), attributes in eval mode on the model's device, and returns detached float32 attributions of x's
 shape on x's device. Results do not depend on the chunking.
 
+Perturbation rows (FeatureAblation, Occlusion) are forward-only: their ``perturb`` entry gives, for a sample
+shape, captum's mask / window keywords and the number of perturbed copies P of a sample (see
+:mod:`harness.methods.feature_masks`). captum evaluates a chunk of n samples once unperturbed and then
+``perturbations_per_eval`` = p copies of each per forward, so n * p <= batch budget bounds every forward.
+
 Hyperparameters follow attribench (Gevaert et al., "Evaluating feature attribution methods in the image
 domain", Machine Learning 2024): IG 25 steps, SmoothGrad 50 samples with sigma 0.15, zero baselines.
-Sources: captum 0.9 (``captum.attr``: Saliency, InputXGradient, IntegratedGradients, DeepLift, NoiseTunnel).
+Sources: captum 0.9 (``captum.attr``: Saliency, InputXGradient, IntegratedGradients, DeepLift, NoiseTunnel,
+FeatureAblation, Occlusion).
 """
 from __future__ import annotations
 
@@ -22,9 +28,19 @@ from functools import partial
 from typing import Any
 
 import torch
-from captum.attr import Attribution, DeepLift, InputXGradient, IntegratedGradients, Saliency
+from captum.attr import (
+    Attribution,
+    DeepLift,
+    FeatureAblation,
+    InputXGradient,
+    IntegratedGradients,
+    Occlusion,
+    Saliency,
+)
 from torch import nn
 
+from harness.methods import feature_masks
+from harness.methods.feature_masks import Perturbations, Shape
 from harness.specs import METHODS, Explainer, MethodSpec, RunContext, resolve_params
 
 Params = Mapping[str, Any]
@@ -65,9 +81,18 @@ class CaptumMethod:
     """The ``attribute()`` keyword through which captum batches those rows itself (IG's internal batch)."""
     smoothing: bool = False
     """Average over ``nt_samples`` Gaussian draws of std ``stdevs`` (captum NoiseTunnel semantics)."""
+    perturb: Callable[[Params, Shape], Perturbations] | None = None
+    """Forward-only perturbation method: captum keywords and perturbed copies per sample, for a sample shape
+    (``rows`` is then unused); captum batches the copies itself through ``perturbations_per_eval``."""
+    shape_params: tuple[str, ...] = ()
+    """Parameters consumed by ``perturb``."""
+    check: Callable[[Params], None] | None = None
+    """Raises :class:`ParamError` for resolved parameters that are out of range."""
 
-    def rows_per_sample(self, params: Params) -> int:
-        """Model rows pushed through forward and backward per attributed sample: the method's cost."""
+    def rows_per_sample(self, params: Params, shape: Shape) -> int:
+        """Model rows pushed through the model per attributed sample of shape ``shape``: the method's cost."""
+        if self.perturb is not None:
+            return self.perturb(params, shape).count + 1
         return self.rows(params) * (int(params["nt_samples"]) if self.smoothing else 1)
 
 
@@ -107,6 +132,25 @@ CAPTUM_METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
         "(default 0, as in attribench). Needs one ReLU module per use and no in-place ops.",
         defaults={"baseline": 0.0}, call={"baseline": "baselines"}, rows=lambda p: 2,
     ),
+    CaptumMethod(
+        "feature_ablation", FeatureAblation,
+        "Feature ablation (captum FeatureAblation): f(x) - f(x with one feature group set to the baseline, "
+        "default 0), forward passes only. Groups: patch x patch pixel patches, all channels together (grid > "
+        "0: a grid x grid split of H and W instead, edge cells absorbing the remainder; ChaosMining ablates "
+        "a 7x7 grid of 32-px patches at 224 px); one per column for (N, F), one per channel for (N, C, T).",
+        defaults={"baseline": 0.0, "patch": 4, "grid": 0}, call={"baseline": "baselines"},
+        perturb=feature_masks.ablation, shape_params=("patch", "grid"), check=feature_masks.check_ablation,
+    ),
+    CaptumMethod(
+        "occlusion", Occlusion,
+        "Occlusion (captum Occlusion; Zeiler & Fergus 2014): a window x window patch, all channels together, "
+        "slides over H and W by stride (over the features of (N, F), over time of (N, C, T)) and is set to "
+        "the baseline (default 0); each pixel gets f(x) - f(occluded x) averaged over the windows covering "
+        "it. Forward passes only.",
+        defaults={"baseline": 0.0, "window": 4, "stride": 2}, call={"baseline": "baselines"},
+        perturb=feature_masks.occlusion, shape_params=("window", "stride"),
+        check=feature_masks.check_occlusion,
+    ),
 )}
 
 
@@ -145,7 +189,8 @@ class CaptumExplainer:
         targets = _per_sample_targets(target, len(x))
         rows = self.ctx.rows_per_chunk(math.prod(x.shape[1:]))
         attribute = self._smoothed if self.method.smoothing else self._attribute
-        with _eval_mode(self.model), torch.enable_grad():
+        grad_mode = torch.no_grad() if self.method.perturb is not None else torch.enable_grad()
+        with _eval_mode(self.model), grad_mode:
             return attribute(x, targets, rows).to(x.device)
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
@@ -153,6 +198,13 @@ class CaptumExplainer:
         kwargs = dict(self.kwargs)
         if self.method.batch_kwarg is not None:
             per_call, kwargs[self.method.batch_kwarg] = rows, rows
+        elif self.method.perturb is not None:
+            # Even chunks of n <= rows samples, then p = rows // n perturbed copies per forward: every forward
+            # (n unperturbed rows, or n * p perturbed ones) fits the budget, and a large n keeps them full.
+            plan = self.method.perturb(self.params, tuple(x.shape[1:]))
+            kwargs.update({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in plan.kwargs.items()})
+            per_call = math.ceil(len(x) / math.ceil(len(x) / rows))
+            kwargs["perturbations_per_eval"] = max(1, min(plan.count, rows // per_call))
         else:
             per_call = max(1, rows // self.method.rows(self.params))
         parts = [
@@ -162,7 +214,8 @@ class CaptumExplainer:
         return torch.cat(parts)
 
     def _call(self, x: torch.Tensor, targets: torch.Tensor, kwargs: Params) -> torch.Tensor:
-        inputs = x.detach().to(device=self.device, dtype=torch.float32, copy=True).requires_grad_()
+        inputs = x.detach().to(device=self.device, dtype=torch.float32, copy=True)
+        inputs.requires_grad_(self.method.perturb is None)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
             out = self.algorithm.attribute(inputs, target=targets.to(self.device), **kwargs)
@@ -194,6 +247,8 @@ def build_captum(entry: CaptumMethod, model: nn.Module, ctx: RunContext, /, **pa
     Positional-only, so that a parameter may be called ``method`` (IG's quadrature rule) or ``model``.
     """
     resolved = resolve_params(f"method {entry.name}", params, entry.defaults, entry.choices)
+    if entry.check is not None:
+        entry.check(resolved)
     return CaptumExplainer(entry, model, ctx, resolved)
 
 
