@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness.cases import expand
+from harness.plugin.state import suites_named_in
 from harness.suite import SuiteError, find_suite, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,3 +133,12 @@ def test_shipped_suites_are_valid(name: str) -> None:
     cases = expand(suite)
     assert cases, f"suite {name} expands to no case"
     assert len({c.id for c in cases}) == len(cases)
+
+
+@pytest.mark.parametrize(("expr", "expected"), [
+    ("smoke", ["smoke"]), ("faithfulness and smoke", ["smoke"]), ("(localization or roar) and default", ["default"]),
+    ("not smoke", []), ("faithfulness and not smoke", []), ("smokey", []), ("", []),
+    ("smoke or default", ["default", "smoke"]),
+])
+def test_suite_named_in_marker_expression(expr: str, expected: list[str]) -> None:
+    assert suites_named_in(expr, ["default", "smoke"]) == expected

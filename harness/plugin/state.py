@@ -56,12 +56,18 @@ def suite_names(config: pytest.Config) -> list[str]:
     return sorted(p.stem for p in suites_dir(config).glob("*.toml"))
 
 
+def suites_named_in(markexpr: str, names: list[str]) -> list[str]:
+    """Suite names that ``-m`` selects by name: words of the expression, except those after ``not``."""
+    selected = re.sub(r"\bnot\s+[A-Za-z_][A-Za-z0-9_]*", " ", markexpr)
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", selected))
+    return [name for name in names if name in words]
+
+
 def choose_suite(config: pytest.Config) -> str:
     """``--suite``; else the one suite named as a word in ``-m``; else the ini default."""
     if config.getoption("suite"):
         return str(config.getoption("suite"))
-    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", config.getoption("markexpr") or ""))
-    named = [name for name in suite_names(config) if name in words]
+    named = suites_named_in(config.getoption("markexpr") or "", suite_names(config))
     if len(named) > 1:
         raise pytest.UsageError(f"-m names several suites ({', '.join(named)}); choose one with --suite")
     return named[0] if named else str(config.getini("xai_suite"))
