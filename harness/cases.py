@@ -41,11 +41,16 @@ class Case:
         version = MODELS.get(self.model.name).version
         return {"dataset": self.dataset_spec(), **self.model.spec(), "version": version, "seed": self.seed}
 
+    @property
+    def uses_method(self) -> bool:
+        return self.method is not NO_METHOD
+
     def attribution_spec(self) -> dict[str, Any]:
         settings = self.suite.settings
+        version = METHODS.get(self.method.name).version if self.uses_method else 0
         return {
             "model": self.model_spec(),
-            "method": {**self.method.spec(), "version": METHODS.get(self.method.name).version},
+            "method": {**self.method.spec(), "version": version},
             "samples": settings["samples"],
             "target": settings["target"],
             "seed": self.seed,
@@ -63,25 +68,38 @@ class Case:
         return [self.family, self.suite.name, *self.suite.settings["markers"]]
 
 
-def compatible(dataset: Entry, model: Entry, metric: Entry) -> bool:
-    """The model takes the data set's modality, the metric applies to it, and its ground truth exists."""
+NO_METHOD = Entry(key="none", name="none", params={})
+"""The method of a case whose metric ranks inputs without an attribution method (``uses_method=False``)."""
+
+
+def compatible(dataset: Entry, model: Entry, method: Entry, metric: Entry) -> bool:
+    """The model takes the data set's modality; the metric applies to its modality and task; the ground
+    truth the metric needs exists (a mask, or the true attribution of the kind the method estimates)."""
     data_spec = DATASETS.get(dataset.name)
     metric_spec = METRICS.get(metric.name)
     return (
         data_spec.modality in MODELS.get(model.name).modalities
         and data_spec.modality in metric_spec.modalities
+        and data_spec.task in metric_spec.tasks
         and (data_spec.has_mask or not metric_spec.needs_mask)
+        and (not metric_spec.needs_truth
+             or (method is not NO_METHOD and METHODS.get(method.name).truth in data_spec.truths))
     )
 
 
 def expand(suite: Suite, family: str | None = None) -> list[Case]:
-    """Every compatible case of ``suite`` (of one metric ``family`` if given), in suite order."""
-    return [
-        Case(suite, dataset, model, method, metric)
-        for dataset in suite.datasets
-        for model in suite.models
-        for method in suite.methods
-        for metric in suite.metrics
-        if (family is None or METRICS.get(metric.name).family == family)
-        and compatible(dataset, model, metric)
-    ]
+    """Every compatible case of ``suite`` (of one metric ``family`` if given), in suite order; a metric
+    that uses no method gets one case per (data set, model) with the method ``none``, after the others."""
+    cases: list[Case] = []
+    for dataset in suite.datasets:
+        for model in suite.models:
+            metrics = [m for m in suite.metrics
+                       if family is None or METRICS.get(m.name).family == family]
+            with_method = [m for m in metrics if METRICS.get(m.name).uses_method]
+            free = [m for m in metrics if not METRICS.get(m.name).uses_method]
+            cases += [Case(suite, dataset, model, method, metric)
+                      for method in suite.methods for metric in with_method
+                      if compatible(dataset, model, method, metric)]
+            cases += [Case(suite, dataset, model, NO_METHOD, metric)
+                      for metric in free if compatible(dataset, model, NO_METHOD, metric)]
+    return cases

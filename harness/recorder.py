@@ -79,9 +79,12 @@ def examples(attributions: Attributions) -> dict[str, Any]:
 
 
 def case_payload(
-    case: Case, result: MetricResult, timings: Timings, model: TrainedModel, attributions: Attributions,
+    case: Case, result: MetricResult, timings: Timings, model: TrainedModel, attributions: Attributions | None,
     device: torch.device,
 ) -> dict[str, Any]:
+    """``attributions`` is None for a metric that uses no attribution method and is not per sample (its
+    outputs' first dimension is then e.g. the elimination round); sample_index, label, target are empty."""
+    per_sample = attributions is not None
     return {
         "id": case.id,
         "key": case.key(),
@@ -99,17 +102,19 @@ def case_payload(
         "aggregates": {
             name: float(value.double().mean()) for name, value in result.outputs.items() if value.ndim == 1
         },
-        "sample_index": _plain(attributions.sample_index),
-        "label": _plain(attributions.label),
-        "target": _plain(attributions.target),
+        "sample_index": _plain(attributions.sample_index) if per_sample else [],
+        "label": _plain(attributions.label) if per_sample else [],
+        "target": _plain(attributions.target) if per_sample else [],
         "timings": timings.plain(),
         "trained": {
             "key": model.key,
-            "train_accuracy": float(model.train_accuracy),
-            "test_accuracy": float(model.test_accuracy),
+            "train_score": float(model.train_score),
+            "test_score": float(model.test_score),
             "train_seconds": float(model.seconds),
+            "score_name": model.score_name,
+            "test_mae": math.nan if model.test_mae is None else float(model.test_mae),
         },
-        "examples": examples(attributions),
+        "examples": examples(attributions) if per_sample else {},
         "device": str(device),
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
     }

@@ -85,16 +85,32 @@ class RunContext:
         return max(1, min(self.batch_size, int(by_memory)))
 
 
+TASKS: tuple[str, ...] = ("classification", "regression")
+"""Supervised tasks: classification (integer labels, cross-entropy, accuracy, attribute a class) and
+regression (float targets of shape (N,), ``num_classes`` = 1 output, MSE, R^2, attribute output 0)."""
+
+
 @dataclass(frozen=True)
 class DataBundle:
-    """A classification data set as tensors; ``mask_test`` marks ground-truth relevant inputs if known."""
+    """A data set as tensors.
+
+    ``mask_test`` marks ground-truth relevant inputs if known; ``truth_test`` maps a ground-truth kind
+    (e.g. ``"derivative"``) to the true attribution of every test input, of ``x_test``'s shape, for data sets
+    whose generating function is known (ChaosMining symbolic data)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    """Classes, or model outputs (1) for regression."""
     mask_test: torch.Tensor | None = None
+    task: str = "classification"
+    truth_test: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"data bundle task {self.task!r} is not one of {', '.join(TASKS)}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -103,17 +119,22 @@ class DataBundle:
     def arrays(self) -> dict[str, torch.Tensor]:
         out = {
             "x_train": self.x_train, "y_train": self.y_train, "x_test": self.x_test, "y_test": self.y_test,
-            "num_classes": torch.tensor(self.num_classes),
+            "num_classes": torch.tensor(self.num_classes), "task": torch.tensor(TASKS.index(self.task)),
         }
         if self.mask_test is not None:
             out["mask_test"] = self.mask_test
+        for kind, values in self.truth_test.items():
+            out[f"truth_{kind}"] = values
         return out
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, torch.Tensor]) -> DataBundle:
+        task = TASKS[int(arrays["task"])] if "task" in arrays else "classification"
+        truths = {k[len("truth_"):]: v for k, v in arrays.items() if k.startswith("truth_")}
         return cls(
             x_train=arrays["x_train"], y_train=arrays["y_train"], x_test=arrays["x_test"],
             y_test=arrays["y_test"], num_classes=int(arrays["num_classes"]), mask_test=arrays.get("mask_test"),
+            task=task, truth_test=truths,
         )
 
 
@@ -133,6 +154,17 @@ class MetricInputs:
     attributions: torch.Tensor
     mask: torch.Tensor | None = None
     explain: Explainer | None = None
+    truth: torch.Tensor | None = None
+    """The true attribution of ``x`` of the kind the case's method estimates (``MethodSpec.truth``), for
+    metrics with ``needs_truth``."""
+    data: DataBundle | None = None
+    """The case's whole data set, for metrics with ``needs_training`` (they retrain models on altered data)."""
+    fit: Callable[[DataBundle, Mapping[str, Any]], nn.Module] | None = None
+    """``fit(bundle, identity)`` trains a fresh model of the case's architecture and training recipe on
+    ``bundle`` and returns it in eval mode on the device; ``identity`` is plain data naming what the bundle
+    is (how it was derived from ``data``) and keys the on-disk cache, so a rerun or resumed run reuses it."""
+    explainer: Callable[[nn.Module], Explainer] | None = None
+    """``explainer(model)``: the case's attribution method built for another model (``needs_training``)."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +224,9 @@ class DatasetSpec(Spec):
     modality: str
     has_mask: bool = False
     """Whether the bundle carries ``mask_test`` (ground truth for localisation metrics)."""
+    task: str = "classification"
+    truths: frozenset[str] = frozenset()
+    """Ground-truth attribution kinds the bundle carries in ``truth_test``."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +240,9 @@ class ModelSpec(Spec):
 class MethodSpec(Spec):
     build: Callable[..., Explainer]
     """``build(model, ctx: RunContext, **params) -> explain`` with internal batching under the budget."""
+    truth: str = ""
+    """The ground-truth kind this method estimates (``"derivative"``, ``"ablation"``, ``"path_integral"``),
+    or empty; metrics with ``needs_truth`` run only where the data set carries that kind."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +254,13 @@ class MetricSpec(Spec):
     reference: str = ""
     needs_mask: bool = False
     needs_explain: bool = False
+    needs_truth: bool = False
+    needs_training: bool = False
+    """The metric retrains models (``MetricInputs.data``, ``fit``, ``explainer``)."""
+    tasks: frozenset[str] = frozenset({"classification"})
+    uses_method: bool = True
+    """False for a baseline that ranks inputs without an attribution method (e.g. scikit-learn RFE): it gets
+    one case per (data set, model) with the method part of the id ``none``."""
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -223,5 +268,7 @@ MODELS: Registry[ModelSpec] = Registry("model")
 METHODS: Registry[MethodSpec] = Registry("method")
 METRICS: Registry[MetricSpec] = Registry("metric")
 
-FAMILIES: tuple[str, ...] = ("faithfulness", "localization", "robustness", "roar", "coverage", "sanity")
+FAMILIES: tuple[str, ...] = (
+    "faithfulness", "localization", "selection", "robustness", "roar", "coverage", "sanity",
+)
 """Metric families; each is a pytest marker and a test module ``cases/test_<family>.py``."""

@@ -1,6 +1,6 @@
 """The results file: ``reports/<run>/results.h5``, written only by the controller, one case at a time.
 
-Layout (``FORMAT_VERSION`` 1)::
+Layout (``FORMAT_VERSION`` 2)::
 
     /                          attrs: format_version, run, created, suite, suite_toml, seed, and the
                                       environment (python, torch, captum, numpy, platform, cpu, cuda, ...)
@@ -9,10 +9,13 @@ Layout (``FORMAT_VERSION`` 1)::
                status (passed | failed), message, primary, higher_is_better, bounds (JSON), aggregates (JSON:
                the mean of every per-sample scalar output),
                attribution_seconds, metric_seconds, forward_passes, samples_per_second, device, worker,
-               model_key, model_train_accuracy, model_test_accuracy, model_train_seconds, info (JSON),
+               model_key, model_score_name (accuracy | r2), model_train_score, model_test_score,
+               model_train_seconds, info (JSON),
                recorded_at
         sample_index  (n,)     int64, index into the data set's test split
-        label, target (n,)     int64, true class and the class attributed / scored
+        label (n,)             int64 true class (classification) or float64 true value (regression)
+        target (n,)            int64, the class (or, for regression, output 0) attributed / scored
+                               (all three empty for a metric that is not per sample, e.g. RFE rounds)
         outputs/<name> (n, ...) float64, one per metric output (e.g. auc (n,), curve_softmax (n, steps))
     /examples/<dataset-model-method>/   image data only, written once per triple, for the report's figures
         input, attribution[, mask] (k, h, w) float32: channel mean of x, channel mean of |attribution|, mask
@@ -32,7 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SCALAR_ATTRS = (
     "id", "key", "family", "dataset", "model", "method", "metric", "primary", "higher_is_better", "device",
     "worker",
@@ -74,8 +77,10 @@ def write_case(path: Path, payload: Mapping[str, Any], status: str, message: str
         group.attrs["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for key, value in {**payload["timings"], **{f"model_{k}": v for k, v in payload["trained"].items()}}.items():
             group.attrs[key] = _attr(value)
-        for key in ("sample_index", "label", "target"):
+        for key in ("sample_index", "target"):
             group.create_dataset(key, data=np.asarray(payload[key], dtype=np.int64))
+        label = np.asarray(payload["label"])
+        group.create_dataset("label", data=label.astype(np.float64 if label.dtype.kind == "f" else np.int64))
         outputs = group.create_group("outputs")
         for name, values in payload["outputs"].items():
             outputs.create_dataset(name, data=np.asarray(values, dtype=np.float64))

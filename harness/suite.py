@@ -179,6 +179,8 @@ def _entry(section: str, key: str, value: Any, path: Path) -> Entry:
     where = f"{path}: [{section}.{key}]"
     if not key.isidentifier():
         raise SuiteError(f"{where}: instance names must be identifiers (letters, digits, _)")
+    if section == "methods" and key == "none":
+        raise SuiteError(f"{where}: the method name 'none' is reserved for cases of metrics that use no method")
     if not isinstance(value, Mapping):
         raise SuiteError(f"{where} must be a table, got {type(value).__name__}")
     params = dict(value)

@@ -28,9 +28,12 @@ log = logging.getLogger("harness")
 class TrainedModel:
     module: nn.Module
     key: str
-    train_accuracy: float
-    test_accuracy: float
+    train_score: float
+    test_score: float
     seconds: float
+    score_name: str = "accuracy"
+    """``accuracy`` (classification) or ``r2`` (regression)."""
+    test_mae: float | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Attributions:
     mask: torch.Tensor | None
     seconds: float
     """Wall time it took to compute them (when they were first computed)."""
+    truth: torch.Tensor | None = None
+    """The data set's true attribution of the kind the method estimates, if it has one."""
 
 
 class Workspace:
@@ -111,8 +116,33 @@ class Workspace:
         module.load_state_dict(load_tensors(path / "weights.pt"))
         module.to(self.device).eval()
         report = load_json(path / "report.json")
-        return TrainedModel(module, path.name, report["train_accuracy"], report["test_accuracy"],
-                            report["seconds"])
+        return TrainedModel(module, path.name, report["train_score"], report["test_score"], report["seconds"],
+                            report.get("score_name", "accuracy"), report.get("test_mae"))
+
+    def fit(self, case: Case, bundle: DataBundle, identity: Any) -> nn.Module:
+        """A fresh model of the case's architecture and recipe trained on ``bundle`` (derived from the case's
+        data set as ``identity`` says), cached on disk under the hash of (model spec, identity)."""
+        from harness.models.training import build_model, train_model
+
+        spec = {"base": case.model_spec(), "derived": identity, "input_shape": list(bundle.input_shape)}
+        model_spec = MODELS.get(case.model.name)
+
+        def fresh() -> nn.Module:
+            return build_model(model_spec, dict(case.model.params), bundle.input_shape, bundle.num_classes,
+                               case.seed)
+
+        def build(tmp: Path) -> None:
+            train_log = logging.getLogger(f"harness.train.{case.dataset.key}.{case.model.key}.derived")
+            module = fresh()
+            with single_threaded(self.device):
+                report = train_model(module, bundle, dict(case.model.training), case.seed, self.device, train_log)
+            save_json(tmp / "report.json", report.to_dict())
+            save_tensors(tmp / "weights.pt", module.state_dict())
+
+        path = self.cache.get_or_build("derived_models", spec, build)
+        module = fresh()
+        module.load_state_dict(load_tensors(path / "weights.pt"))
+        return module.to(self.device).eval()
 
     # -- attributions -----------------------------------------------------------------------------------
     def attributions(self, case: Case) -> Attributions:
@@ -128,8 +158,12 @@ class Workspace:
         label = bundle.y_test[:n].to(self.device)
 
         def build(tmp: Path) -> None:
-            by_label = case.suite.settings["target"] == "label"
-            target = label if by_label else predictions(model, x, self.context(case))
+            if bundle.task == "regression":  # one output: attribute it
+                target = torch.zeros(n, dtype=torch.long, device=self.device)
+            elif case.suite.settings["target"] == "label":
+                target = label
+            else:
+                target = predictions(model, x, self.context(case))
             explain = METHODS.get(case.method.name).build(model, self.context(case), **case.method.params)
             start = time.perf_counter()
             values = explain(x, target)
@@ -145,9 +179,12 @@ class Workspace:
         path = self.cache.get_or_build("attributions", spec, build)
         stored = load_tensors(path / "attributions.pt")
         mask = bundle.mask_test[:n].to(self.device) if bundle.mask_test is not None else None
+        kind = METHODS.get(case.method.name).truth
+        truth = bundle.truth_test[kind][:n].to(self.device) if kind in bundle.truth_test else None
         return Attributions(
             values=stored["values"].to(self.device), x=x, target=stored["target"].to(self.device), label=label,
             sample_index=torch.arange(n), mask=mask, seconds=load_json(path / "timing.json")["seconds"],
+            truth=truth,
         )
 
 

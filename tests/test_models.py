@@ -155,7 +155,7 @@ def test_training_is_deterministic(digits: DataBundle, optimizer: str) -> None:
     reports = [train_model(m, digits, settings, 11, CPU, LOG) for m in models]
     assert states_equal(*models)
     assert reports[0].losses == reports[1].losses and len(reports[0].losses) == 2
-    assert reports[0].test_accuracy == reports[1].test_accuracy
+    assert reports[0].test_score == reports[1].test_score
 
 
 def test_small_cnn_learns_digits_quickly(digits: DataBundle, caplog: pytest.LogCaptureFixture) -> None:
@@ -164,16 +164,16 @@ def test_small_cnn_learns_digits_quickly(digits: DataBundle, caplog: pytest.LogC
     with caplog.at_level(logging.INFO, logger=LOG.name):
         report = train_model(model, digits, {"epochs": 5}, 0, CPU, LOG)
     assert time.perf_counter() - start <= 10.0
-    assert report.test_accuracy > 0.8 and report.train_accuracy > 0.8
+    assert report.test_score > 0.8 and report.train_score > 0.8
     assert report.losses[-1] < report.losses[0] and not model.training
     lines = [r.getMessage() for r in caplog.records if r.name == LOG.name and r.levelno == logging.INFO]
     assert len(lines) == 5 and lines[0].startswith("epoch 1/5") and "loss" in lines[0]
-    assert report.test_accuracy == accuracy(model, digits.x_test, digits.y_test, 17, CPU)
+    assert report.test_score == accuracy(model, digits.x_test, digits.y_test, 17, CPU)
 
 
 def test_mlp_learns_digits(digits: DataBundle) -> None:
     model = build_model(MODELS.get("mlp"), {}, digits.input_shape, 10, 0)
-    assert train_model(model, digits, {"epochs": 3}, 0, CPU, LOG).test_accuracy > 0.8
+    assert train_model(model, digits, {"epochs": 3}, 0, CPU, LOG).test_score > 0.8
 
 
 def test_accuracy_counts_matches() -> None:
@@ -190,5 +190,5 @@ def test_bad_training_settings_are_rejected(digits: DataBundle) -> None:
 
 
 def test_train_report_round_trips_through_json() -> None:
-    report = TrainReport(train_accuracy=0.9, test_accuracy=0.8, losses=[2.0, 1.5], seconds=1.25)
+    report = TrainReport(train_score=0.9, test_score=0.8, losses=[2.0, 1.5], seconds=1.25)
     assert TrainReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report

@@ -78,7 +78,7 @@ def test_runs_cases_and_writes_hdf5_and_report(project: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(["*xaiharness results*", "*digits-mlp-saliency-deletion_morf*auc*"])
     run = project.path / "reports" / "one"
     with h5py.File(run / "results.h5") as f:
-        assert f.attrs["format_version"] == 1 and f.attrs["suite"] == "tiny"
+        assert f.attrs["format_version"] == 2 and f.attrs["suite"] == "tiny"
         assert "torch" in f.attrs and "suite_toml" in f.attrs
         assert sorted(f["cases"]) == [
             "digits-mlp-random-deletion_morf", "digits-mlp-random-insertion_morf",
@@ -87,7 +87,7 @@ def test_runs_cases_and_writes_hdf5_and_report(project: pytest.Pytester) -> None
         case = f["cases/digits-mlp-saliency-deletion_morf"]
         assert case.attrs["status"] == "passed" and case.attrs["family"] == "faithfulness"
         assert case.attrs["method"] == "saliency" and case.attrs["forward_passes"] == 6 * 5
-        assert 0.0 <= case.attrs["model_test_accuracy"] <= 1.0
+        assert 0.0 <= case.attrs["model_test_score"] <= 1.0
         assert case["outputs/curve_softmax"].shape == (6, 5) and case["outputs/auc"].shape == (6,)
         assert case["sample_index"][()].tolist() == list(range(6))
         aggregates = json.loads(case.attrs["aggregates"])

@@ -28,7 +28,7 @@ def payload(method: str, metric: str, values: list[float], higher: bool, key: st
         "sample_index": list(range(n)), "label": [1] * n, "target": [1] * n,
         "timings": {"attribution_seconds": 0.5, "metric_seconds": 0.25, "forward_passes": 2 * n,
                     "samples_per_second": n / 0.25},
-        "trained": {"key": "m", "train_accuracy": 0.99, "test_accuracy": 0.9, "train_seconds": 1.0},
+        "trained": {"key": "m", "train_score": 0.99, "test_score": 0.9, "train_seconds": 1.0},
         "device": "cpu", "worker": "main",
     }
 
@@ -50,12 +50,12 @@ def run(tmp_path: Path) -> Path:
 
 def test_layout_round_trips(run: Path) -> None:
     env, records = read_run(run)
-    assert env["format_version"] == 1 and env["torch"] == "2.11.0"
+    assert env["format_version"] == 2 and env["torch"] == "2.11.0"
     by_id = {r.attrs["id"]: r for r in records}
     record = by_id["digits-mlp-saliency-deletion_morf"]
     np.testing.assert_array_equal(record.outputs["auc"], [0.1, 0.2, 0.3, 0.4])
     assert record.outputs["curve_softmax"].shape == (4, 2) and record.outputs["auc"].dtype == np.float64
-    assert record.attrs["forward_passes"] == 8 and record.attrs["model_test_accuracy"] == 0.9
+    assert record.attrs["forward_passes"] == 8 and record.attrs["model_test_score"] == 0.9
     assert json.loads(record.attrs["aggregates"]) == {"auc": pytest.approx(0.25)}
     assert by_id["digits-mlp-saliency-broken"].attrs["message"] == "auc: not finite"
     assert recorded_keys(run / "results.h5") == {i: "k" for i in by_id if "broken" not in i}

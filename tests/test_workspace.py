@@ -51,7 +51,7 @@ def test_model_is_trained_once_and_reloaded(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(training, "train_model", no_training)
     again = Workspace(Cache(tmp_path / "cache"), torch.device("cpu")).model(case)
-    assert again.key == first.key and again.test_accuracy == first.test_accuracy
+    assert again.key == first.key and again.test_score == first.test_score
     for name, tensor in first.module.state_dict().items():
         assert torch.equal(tensor, again.module.state_dict()[name])
     assert not again.module.training

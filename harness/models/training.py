@@ -34,12 +34,16 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 
 @dataclass(frozen=True)
 class TrainReport:
-    """What training produced: final accuracies, mean loss per epoch, wall time in seconds."""
+    """What training produced: the task's score on train and test (``score_name``: ``accuracy`` for
+    classification, ``r2`` = coefficient of determination for regression), the test mean absolute error for
+    regression (None otherwise), mean loss per epoch, wall time in seconds."""
 
-    train_accuracy: float
-    test_accuracy: float
+    train_score: float
+    test_score: float
     losses: list[float]
     seconds: float
+    score_name: str = "accuracy"
+    test_mae: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,8 +51,9 @@ class TrainReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainReport:
         return cls(
-            train_accuracy=float(data["train_accuracy"]), test_accuracy=float(data["test_accuracy"]),
+            train_score=float(data["train_score"]), test_score=float(data["test_score"]),
             losses=[float(v) for v in data["losses"]], seconds=float(data["seconds"]),
+            score_name=str(data.get("score_name", "accuracy")), test_mae=None if data.get("test_mae") is None else float(data["test_mae"]),
         )
 
 
@@ -74,30 +79,59 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(y)
 
 
+@torch.inference_mode()
+def regression_scores(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
+) -> tuple[float, float]:
+    """(R^2, mean absolute error) of output 0 against ``y``, in batches (does not change the model's mode).
+
+    R^2 = 1 - sum (y - p)^2 / sum (y - mean y)^2 (scikit-learn ``r2_score``); NaN for fewer than 2 rows."""
+    if len(y) < 2:
+        return float("nan"), float("nan")
+    pred = torch.cat([model(x[s : s + batch_size].to(device))[:, 0].double().cpu()
+                      for s in range(0, len(y), batch_size)])
+    truth = y.double().cpu()
+    residual = float(((truth - pred) ** 2).sum())
+    total = float(((truth - truth.mean()) ** 2).sum())
+    r2 = 1.0 - residual / total if total > 0 else float("nan")
+    return r2, float((truth - pred).abs().mean())
+
+
+def _loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for integer labels, MSE of output 0 for float targets (regression)."""
+    if y.is_floating_point():
+        return F.mse_loss(output[:, 0], y)
+    return F.cross_entropy(output, y)
+
+
 def _epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
     batch_size: int, generator: torch.Generator,
 ) -> tuple[float, float]:
-    """One pass over shuffled mini-batches; returns (mean loss per sample, training-batch accuracy)."""
+    """One pass over shuffled mini-batches; returns (mean loss per sample, training-batch accuracy; NaN for
+    regression)."""
     order = torch.randperm(len(y), generator=generator).to(x.device)
     total_loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
         batch = order[start : start + batch_size]
         logits = model(x[batch])
-        loss = F.cross_entropy(logits, y[batch])
+        loss = _loss(logits, y[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total_loss += float(loss.detach()) * len(batch)
-        correct += int((logits.detach().argmax(dim=1) == y[batch]).sum())
-    return total_loss / len(y), correct / len(y)
+        if not y.is_floating_point():
+            correct += int((logits.detach().argmax(dim=1) == y[batch]).sum())
+    return total_loss / len(y), correct / len(y) if not y.is_floating_point() else float("nan")
 
 
 def train_model(
     model: nn.Module, bundle: DataBundle, settings: dict[str, Any], seed: int, device: torch.device,
     log: logging.Logger,
 ) -> TrainReport:
-    """Cross-entropy training with the chosen optimizer; returns the report and leaves ``model`` in eval mode.
+    """Mini-batch training with the chosen optimizer (cross-entropy, or MSE for a regression bundle);
+    returns the report and leaves ``model`` in eval mode. ``batch_size`` at least the training set size is
+    full-batch training (ChaosMining's symbolic recipe).
 
     ``settings`` is checked against :data:`TRAINING_DEFAULTS` / :data:`TRAINING_CHOICES` (missing keys take
     the defaults). One INFO line per epoch goes to ``log``.
@@ -112,14 +146,20 @@ def train_model(
     for epoch in range(1, cfg["epochs"] + 1):
         loss, batch_acc = _epoch(model, optimizer, x, y, cfg["batch_size"], generator)
         losses.append(loss)
-        log.info(
-            "epoch %d/%d loss %.4f train-batch accuracy %.3f elapsed %.1fs",
-            epoch, cfg["epochs"], loss, batch_acc, time.perf_counter() - start,
-        )
+        if bundle.task == "classification" or epoch == cfg["epochs"] or epoch % 50 == 0:
+            log.info(
+                "epoch %d/%d loss %.4f train-batch accuracy %.3f elapsed %.1fs",
+                epoch, cfg["epochs"], loss, batch_acc, time.perf_counter() - start,
+            )
     model.eval()
     seconds = time.perf_counter() - start
+    if bundle.task == "regression":
+        train_r2, _ = regression_scores(model, bundle.x_train, bundle.y_train, cfg["batch_size"], device)
+        test_r2, test_mae = regression_scores(model, bundle.x_test, bundle.y_test, cfg["batch_size"], device)
+        return TrainReport(train_score=train_r2, test_score=test_r2, losses=losses, seconds=seconds,
+                           score_name="r2", test_mae=test_mae)
     return TrainReport(
-        train_accuracy=accuracy(model, bundle.x_train, bundle.y_train, cfg["batch_size"], device),
-        test_accuracy=accuracy(model, bundle.x_test, bundle.y_test, cfg["batch_size"], device),
+        train_score=accuracy(model, bundle.x_train, bundle.y_train, cfg["batch_size"], device),
+        test_score=accuracy(model, bundle.x_test, bundle.y_test, cfg["batch_size"], device),
         losses=losses, seconds=seconds,
     )

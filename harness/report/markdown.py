@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,16 @@ def _fmt(value: float) -> str:
 
 def _ordered(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
+
+
+def model_line(attrs: Mapping[str, Any]) -> str:
+    """How well the case's model fits: accuracy, or R^2 and MAE for regression."""
+    trained = f"(trained in {attrs['model_train_seconds']:.1f} s)."
+    if attrs.get("model_score_name", "accuracy") == "r2":
+        return (f"Model (regression): train R² {attrs['model_train_score']:.3f}, test R² "
+                f"{attrs['model_test_score']:.3f}, test MAE {attrs['model_test_mae']:.4f} {trained}")
+    return (f"Model: train accuracy {attrs['model_train_score']:.3f}, test accuracy "
+            f"{attrs['model_test_score']:.3f} {trained}")
 
 
 def score_table(records: Sequence[CaseRecord]) -> str:
@@ -139,8 +149,7 @@ def render(
         first = group[0].attrs
         lines += [
             "", f"## {dataset} × {model}", "",
-            (f"Model: train accuracy {first['model_train_accuracy']:.3f}, test accuracy "
-             f"{first['model_test_accuracy']:.3f} (trained in {first['model_train_seconds']:.1f} s)."),
+            model_line(first),
             *family_tables(group), "", "<details><summary>Timing</summary>", "", timing_table(group), "",
             "</details>",
         ]
