@@ -88,6 +88,8 @@ class CaptumMethod:
     """Parameters consumed by ``perturb``."""
     check: Callable[[Params], None] | None = None
     """Raises :class:`ParamError` for resolved parameters that are out of range."""
+    truth: str = ""
+    """The analytic ground-truth kind the method estimates on data of a known function (``MethodSpec.truth``)."""
 
     def rows_per_sample(self, params: Params, shape: Shape) -> int:
         """Model rows pushed through the model per attributed sample of shape ``shape``: the method's cost."""
@@ -103,7 +105,7 @@ CAPTUM_METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
         "saliency", Saliency,
         "Gradient of the target logit w.r.t. the input (captum Saliency; Simonyan et al. 2014). abs=True "
         "(captum's default, attribench's Gradient) gives |grad|; abs=False gives the signed gradient.",
-        defaults={"abs": True}, call={"abs": "abs"},
+        defaults={"abs": True}, call={"abs": "abs"}, truth="derivative",
     ),
     CaptumMethod(
         "input_x_gradient", InputXGradient,
@@ -116,7 +118,7 @@ CAPTUM_METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
         defaults={"n_steps": 25, "method": "gausslegendre", "baseline": 0.0},
         choices={"method": IG_METHODS},
         call={"n_steps": "n_steps", "method": "method", "baseline": "baselines"},
-        rows=lambda p: int(p["n_steps"]), batch_kwarg="internal_batch_size",
+        rows=lambda p: int(p["n_steps"]), batch_kwarg="internal_batch_size", truth="path_integral",
     ),
     CaptumMethod(
         "smoothgrad", Saliency,
@@ -140,6 +142,7 @@ CAPTUM_METHODS: dict[str, CaptumMethod] = {m.name: m for m in (
         "a 7x7 grid of 32-px patches at 224 px); one per column for (N, F), one per channel for (N, C, T).",
         defaults={"baseline": 0.0, "patch": 4, "grid": 0}, call={"baseline": "baselines"},
         perturb=feature_masks.ablation, shape_params=("patch", "grid"), check=feature_masks.check_ablation,
+        truth="ablation",
     ),
     CaptumMethod(
         "occlusion", Occlusion,
@@ -257,6 +260,6 @@ for _method in CAPTUM_METHODS.values():
         _method.name,
         MethodSpec(
             name=_method.name, build=partial(build_captum, _method), defaults=dict(_method.defaults),
-            choices=dict(_method.choices), description=_method.description,
+            choices=dict(_method.choices), description=_method.description, truth=_method.truth,
         ),
     )

@@ -302,5 +302,5 @@ for _name, _compute, _modalities, _description, _reference in SPECS:
     METRICS.add(_name, MetricSpec(
         name=_name, family="localization", compute=_compute, modalities=_modalities,
         defaults=DEFAULTS[_name], choices=CHOICES.get(_name, {}), description=_description,
-        reference=_reference, needs_mask=True,
+        reference=_reference, needs_mask=True, tasks=frozenset({"classification", "regression"}),
     ))
