@@ -7,6 +7,7 @@ only when a recorded case has the same id *and* key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 from harness.cache import spec_key
@@ -89,7 +90,9 @@ def compatible(dataset: Entry, model: Entry, method: Entry, metric: Entry) -> bo
 
 def expand(suite: Suite, family: str | None = None) -> list[Case]:
     """Every compatible case of ``suite`` (of one metric ``family`` if given), in suite order; a metric
-    that uses no method gets one case per (data set, model) with the method ``none``, after the others."""
+    that uses no method gets one case per (data set, model) with the method ``none``, after the others.
+    Cases whose id matches a pattern of the suite's ``exclude`` list (``fnmatch``, case-sensitive) are left
+    out."""
     cases: list[Case] = []
     for dataset in suite.datasets:
         for model in suite.models:
@@ -102,4 +105,5 @@ def expand(suite: Suite, family: str | None = None) -> list[Case]:
                       if compatible(dataset, model, method, metric)]
             cases += [Case(suite, dataset, model, NO_METHOD, metric)
                       for metric in free if compatible(dataset, model, NO_METHOD, metric)]
-    return cases
+    exclude = suite.settings["exclude"]
+    return [case for case in cases if not any(fnmatchcase(case.id, pattern) for pattern in exclude)]

@@ -59,16 +59,31 @@ EXAMPLE_SIDE = 64
 
 
 def examples(attributions: Attributions) -> dict[str, Any]:
-    """The first few inputs, |attribution| maps and masks of an image case, as plain (k, h, w) lists.
+    """The first few inputs, |attribution| maps and masks of a case, as plain (k, h, w) lists.
 
-    Channels are collapsed (input: mean; attribution: mean |.|; mask: any), large maps pooled to
-    ``EXAMPLE_SIDE``. Empty for data that are not images."""
+    Images: channels collapsed (input: mean; attribution: mean |.|; mask: any), large maps pooled to
+    ``EXAMPLE_SIDE``. Sequences (N, C, T): a channels x time map, |input| and |attribution| averaged (mask:
+    max) over ``EXAMPLE_SIDE`` time bins. Tabular (N, F): a 1 x F strip. Empty for other shapes."""
     x = attributions.x[:EXAMPLES]
+    attr = attributions.values[:EXAMPLES]
+    mask = attributions.mask[:EXAMPLES].expand(x.shape) if attributions.mask is not None else None
+    if x.ndim == 2:
+        maps = {"input": x[:, None], "attribution": attr.abs()[:, None]}
+        if mask is not None:
+            maps["mask"] = mask[:, None].float()
+        return {k: _plain(v.float()) for k, v in maps.items()}
+    if x.ndim == 3:
+        bins = min(EXAMPLE_SIDE, x.shape[-1])
+        pool = torch.nn.functional.adaptive_avg_pool1d
+        maps = {"input": pool(x.abs().float(), bins), "attribution": pool(attr.abs().float(), bins)}
+        if mask is not None:
+            maps["mask"] = torch.nn.functional.adaptive_max_pool1d(mask.float(), bins)
+        return {k: _plain(v) for k, v in maps.items()}
     if x.ndim != 4:
         return {}
-    maps = {"input": x.mean(1), "attribution": attributions.values[:EXAMPLES].abs().mean(1)}
-    if attributions.mask is not None:
-        maps["mask"] = attributions.mask[:EXAMPLES].any(1).float()
+    maps = {"input": x.mean(1), "attribution": attr.abs().mean(1)}
+    if mask is not None:
+        maps["mask"] = mask.any(1).float()
     side = max(x.shape[-2:])
     if side > EXAMPLE_SIDE:
         size = [max(1, round(d * EXAMPLE_SIDE / side)) for d in x.shape[-2:]]

@@ -17,8 +17,10 @@ Layout (``FORMAT_VERSION`` 2)::
         target (n,)            int64, the class (or, for regression, output 0) attributed / scored
                                (all three empty for a metric that is not per sample, e.g. RFE rounds)
         outputs/<name> (n, ...) float64, one per metric output (e.g. auc (n,), curve_softmax (n, steps))
-    /examples/<dataset-model-method>/   image data only, written once per triple, for the report's figures
-        input, attribution[, mask] (k, h, w) float32: channel mean of x, channel mean of |attribution|, mask
+    /examples/<dataset-model-method>/   written once per triple, for the report's figures
+        input, attribution[, mask] (k, h, w) float32 (``harness.recorder.examples``): images: channel mean
+        of x, channel mean of |attribution|, mask; sequences: channels x time bins of |x|, |attribution|,
+        mask; tabular: 1 x F strips
 
 The file is opened, appended and closed for every case, so a run that is interrupted keeps every case that
 finished; a case recorded again (same id) replaces the old group.

@@ -11,6 +11,7 @@ whose key is the *instance name* used in case ids, with an optional field naming
     batch_size = 512          # most rows in one forward pass
     memory_mb = 1024          # budget for one chunk of perturbed inputs
     plugins = ["my_metrics"]  # modules imported first: they may register their own specs
+    exclude = ["audio*-*-occlusion-*"]  # case-id patterns (fnmatch) left out of the grid
 
     [datasets.digits]
     [models.cnn]
@@ -51,6 +52,7 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "memory_mb": 1024,
     "plugins": [],
     "markers": [],
+    "exclude": [],
 }
 SUITE_CHOICES = {"target": ("label", "prediction")}
 SECTIONS = ("datasets", "models", "methods", "metrics")
@@ -149,6 +151,10 @@ def _settings(table: Any, path: Path) -> dict[str, Any]:
     for key in ("samples", "batch_size", "memory_mb"):
         if settings[key] < 1:
             raise SuiteError(f"{path}: [suite] {key} = {settings[key]} must be at least 1")
+    for key in ("plugins", "markers", "exclude"):
+        bad = [v for v in settings[key] if not isinstance(v, str)]
+        if bad:
+            raise SuiteError(f"{path}: [suite] {key} must be a list of strings; {bad[0]!r} is not")
     return settings
 
 

@@ -192,3 +192,14 @@ def test_workspace_regression_target_truth_and_derived_models(tmp_path: Path) ->
         assert calls == [1]  # another identity trains again
     for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_exclude_patterns_leave_cases_out(tmp_path: Path) -> None:
+    path = tmp_path / "excl.toml"
+    path.write_text(SUITE.replace("samples = 8", 'samples = 8\nexclude = ["lin-*-random-*", "*-refit"]'))
+    ids = {case.id for case in expand(load_suite(path))}
+    assert ids and not any("-random-" in i and i.startswith("lin-") for i in ids)
+    assert not any(i.endswith("-refit") for i in ids) and "digits-mlp-random-deletion" in ids
+    path.write_text(SUITE.replace("samples = 8", "samples = 8\nexclude = [3]"))
+    with pytest.raises(SuiteError, match="exclude must be a list of strings; 3 is not"):
+        load_suite(path)

@@ -49,7 +49,8 @@ def example_grid(examples: Mapping[str, Maps], methods: Sequence[str], out: Path
 
 
 def _panel(ax: plt.Axes, image: np.ndarray, mask: np.ndarray | None, index: int, cmap: str) -> None:
-    ax.imshow(image, cmap=cmap, interpolation="nearest")
+    wide = image.shape[1] > 2 * image.shape[0]  # sequences (channels x time) and tabular strips
+    ax.imshow(image, cmap=cmap, interpolation="nearest", aspect="auto" if wide else "equal")
     ax.set_xticks([])
     ax.set_yticks([])
     box = mask_box(mask[index]) if mask is not None else None

@@ -11,6 +11,7 @@ import numpy as np
 from tabulate import tabulate
 
 from harness.report.figures import example_grid
+from harness.report.ground_truth import condition_tables, reproduction_section, selection_section
 from harness.report.stats import bootstrap_mean_ci
 from harness.store import CaseRecord, read_examples, read_run
 
@@ -157,6 +158,7 @@ def render(
             lines += ["", f"![Example attributions, {dataset} × {model}]({figures[(dataset, model)]})",
                       "", ("Example attribution maps (mean |attribution| over channels, each map scaled to its "
                       "own maximum); the green box is the ground-truth region where the data set has one.")]
+    lines += [*condition_tables(passed), *selection_section(passed), *reproduction_section(passed)]
     if records:
         lines += ["", "## Methods and metrics", "", legend(records)]
     if failed:
