@@ -75,7 +75,7 @@ def condition_tables(records: Sequence[CaseRecord]) -> list[str]:
         arrow = "↑" if group[0].attrs["higher_is_better"] else "↓"
         lines += ["", f"### {family}: {metric} ({group[0].attrs['primary']} {arrow})", "",
                   tabulate(rows, headers=["model · method", *[f"{c} ({condition[c]})" for c in columns]],
-                           tablefmt="github")]
+                           tablefmt="github", disable_numparse=True)]
     return lines
 
 
@@ -115,7 +115,7 @@ def selection_section(records: Sequence[CaseRecord]) -> list[str]:
                 paths.append(f"- {_selector(record)}: {steps}")
         lines += ["", f"### {dataset}", "",
                   tabulate(rows, headers=["selector", "precision ↑", "recall ↑", "error ↓", "features"],
-                           tablefmt="github"),
+                           tablefmt="github", disable_numparse=True),
                   "", "Rounds (features kept: precision / error):", "", *paths]
     return lines
 
@@ -166,7 +166,7 @@ def reproduction_section(records: Sequence[CaseRecord]) -> list[str]:
             rows.append([label, method, len(formulas[method]), _f(ours), _f(paper), verdict])
     if rows:
         lines += ["", tabulate(rows, headers=["score", "method", "formulas", "ours", "paper", ""],
-                               tablefmt="github")]
+                               tablefmt="github", disable_numparse=True)]
     else:
         lines += ["", "(No case ran at the paper's default configuration.)"]
     lines += ["", *noise_trend(topk, config)]
@@ -206,4 +206,4 @@ def noise_trend(topk: Sequence[CaseRecord], config: Any) -> list[str]:
             for n in levels]])
     return ["Top-k over the number of noise features (mean over formulas; the paper's value in parentheses "
             "where it reports one):", "",
-            tabulate(rows, headers=["method", *[f"{n} noise" for n in levels]], tablefmt="github")]
+            tabulate(rows, headers=["method", *[f"{n} noise" for n in levels]], tablefmt="github", disable_numparse=True)]
