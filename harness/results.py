@@ -16,6 +16,8 @@ def load_results(path: Path | str) -> pd.DataFrame:
 
     Columns: id, family, dataset, model, method, metric, status, sample (index into the test split), label,
     target, output, value, primary (whether ``output`` is the case's primary score), higher_is_better.
+    A metric that is not per sample (``MetricSpec.per_sample`` False, e.g. RFE) has ``sample`` = the repeat
+    number and no label or target (NaN / -1).
     Outputs with more than one value per sample (curves) are left out; read them with :func:`harness.store.read_run`.
     For example ``df[df.primary].pivot_table(index="method", columns="metric", values="value")``.
     """
@@ -25,8 +27,11 @@ def load_results(path: Path | str) -> pd.DataFrame:
         for name, values in record.outputs.items():
             if values.ndim != 1:
                 continue
+            per_sample = len(record.sample_index) == len(values)
             frame = pd.DataFrame({
-                "sample": record.sample_index, "label": record.label, "target": record.target,
+                "sample": record.sample_index if per_sample else np.arange(len(values)),
+                "label": record.label if per_sample else np.full(len(values), np.nan),
+                "target": record.target if per_sample else np.full(len(values), -1),
                 "output": name, "value": values.astype(np.float64),
             })
             for column in CASE_COLUMNS:

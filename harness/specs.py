@@ -257,6 +257,10 @@ class MetricSpec(Spec):
     needs_truth: bool = False
     needs_training: bool = False
     """The metric retrains models (``MetricInputs.data``, ``fit``, ``explainer``)."""
+    per_sample: bool = True
+    """Outputs are per test sample, computed from the stored attributions. False: the outputs' first
+    dimension is something else (a repeat), and the metric gets the test split without stored attributions
+    (``attributions`` empty); it attributes through ``explainer`` itself if it needs to."""
     tasks: frozenset[str] = frozenset({"classification"})
     uses_method: bool = True
     """False for a baseline that ranks inputs without an attribution method (e.g. scikit-learn RFE): it gets

@@ -67,7 +67,7 @@ if "test_linear" not in DATASETS:
         truths=frozenset({"derivative"}), defaults={"n": 240}))
     METRICS.add("test_refit", MetricSpec(
         name="test_refit", family="selection", compute=rounds_metric, modalities=frozenset({"tabular"}),
-        tasks=frozenset({"regression"}), needs_training=True, uses_method=False))
+        tasks=frozenset({"regression"}), needs_training=True, uses_method=False, per_sample=False))
 
 SUITE = """
 [suite]

@@ -1,4 +1,4 @@
 """Metrics; importing this package registers every metric in :data:`harness.specs.METRICS`."""
 from __future__ import annotations
 
-from harness.metrics import box_iou, deletion, localization, uniformity  # noqa: F401
+from harness.metrics import box_iou, deletion, localization, selection, uniformity  # noqa: F401
