@@ -53,15 +53,29 @@ def test_spec_metadata(name: str) -> None:
 def test_shapes_dtypes_ranges(name: str) -> None:
     bundle = build(name)
     assert bundle.x_train.dtype == bundle.x_test.dtype == torch.float32
-    assert bundle.y_train.dtype == bundle.y_test.dtype == torch.int64
+    assert bundle.task == DATASETS.get(name).task
     assert bundle.x_train.shape[1:] == bundle.x_test.shape[1:] == bundle.input_shape
     assert len(bundle.x_train) == len(bundle.y_train) > 0 and len(bundle.x_test) == len(bundle.y_test) > 0
     assert torch.isfinite(bundle.x_train).all() and torch.isfinite(bundle.x_test).all()
-    for y in (bundle.y_train, bundle.y_test):
-        assert 0 <= int(y.min()) and int(y.max()) < bundle.num_classes
+    if bundle.task == "classification":
+        assert bundle.y_train.dtype == bundle.y_test.dtype == torch.int64
+        for y in (bundle.y_train, bundle.y_test):
+            assert 0 <= int(y.min()) and int(y.max()) < bundle.num_classes
+    else:  # regression: float targets (N,), one model output
+        assert bundle.y_train.dtype == bundle.y_test.dtype == torch.float32 and bundle.num_classes == 1
+        assert bundle.y_train.ndim == 1 and torch.isfinite(bundle.y_train).all()
+    assert set(bundle.truth_test) == set(DATASETS.get(name).truths)
+    for truth in bundle.truth_test.values():
+        assert truth.shape == bundle.x_test.shape and torch.isfinite(truth).all()
     if bundle.mask_test is not None:
-        assert bundle.mask_test.dtype == torch.bool
-        assert bundle.mask_test.shape == (len(bundle.x_test), 1, *bundle.input_shape[1:])
+        assert bundle.mask_test.dtype == torch.bool and DATASETS.get(name).has_mask
+        # images: one mask channel; tabular: per feature; sequences: per channel (time axis 1)
+        expected = {
+            "image": (len(bundle.x_test), 1, *bundle.input_shape[1:]),
+            "tabular": (len(bundle.x_test), *bundle.input_shape),
+            "audio": (len(bundle.x_test), bundle.input_shape[0], 1),
+        }[DATASETS.get(name).modality]
+        assert bundle.mask_test.shape == expected
         assert bundle.mask_test.flatten(1).any(dim=1).all(), "every test sample has some relevant input"
     assert DataBundle.from_arrays(bundle.arrays()).input_shape == bundle.input_shape
 
