@@ -148,22 +148,27 @@ def reproduction_section(records: Sequence[CaseRecord]) -> list[str]:
              f"samples, 100 noise features, label noise 0.01). Agreement: |difference| < {AGREE}."]
     default = [r for r in topk + unif if config(r) == PAPER_DEFAULT]
     rows = []
-    for metric, label in (("top_k_relevant", "top-k"), ("uniformity", "uniformity")):
+    metrics = dict.fromkeys((r.attrs["metric"], _spec(r)["metric"]["name"]) for r in default)
+    for instance, metric in sorted(metrics, key=lambda m: m[1] != "top_k_relevant"):
         found: dict[str, list[float]] = defaultdict(list)
         formulas: dict[str, set[int]] = defaultdict(set)
+        registered: dict[str, str] = {}
         for record in default:
-            if _spec(record)["metric"]["name"] == metric:
-                found[_method_label(record)].append(_mean(record))
-                formulas[_method_label(record)].add(int(_dataset(record)["params"].get("formula", 0)))
+            if record.attrs["metric"] == instance:
+                label = _method_label(record)
+                found[label].append(_mean(record))
+                formulas[label].add(int(_dataset(record)["params"].get("formula", 0)))
+                registered[label] = _spec(record)["method"]["name"]
         for method, values in found.items():
-            registered = method.split(" ")[0]
-            name = next((r for r in default if r.attrs["method"] == registered), None)
-            paper_col = PAPER_METHOD.get(_spec(name)["method"]["name"]) if name else None
-            paper = PAPER_SCORES[metric].get(paper_col, np.nan) if paper_col else np.nan
+            column = PAPER_METHOD.get(registered[method])
+            paper = PAPER_SCORES[metric].get(column, np.nan) if column else np.nan
             ours = float(np.mean(values))
             verdict = ("" if not np.isfinite(paper) else
                        "agrees" if abs(ours - paper) < AGREE else f"differs ({ours - paper:+.3f})")
-            rows.append([label, method, len(formulas[method]), _f(ours), _f(paper), verdict])
+            norm = _spec(next(r for r in default if r.attrs["metric"] == instance))["metric"]["params"].get(
+                "attribution_norm")
+            score = instance + (f" (normalised over {norm} features)" if norm else "")
+            rows.append([score, method, len(formulas[method]), _f(ours), _f(paper), verdict])
     if rows:
         lines += ["", tabulate(rows, headers=["score", "method", "formulas", "ours", "paper", ""],
                                tablefmt="github", disable_numparse=True)]
@@ -191,6 +196,12 @@ def noise_trend(topk: Sequence[CaseRecord], config: Any) -> list[str]:
     levels = sorted({int(config(r)["n_noise"]) for r in topk})
     if len(levels) < 2:
         return []
+    formula = {r.attrs["dataset"]: int(_dataset(r)["params"].get("formula", 0)) for r in topk}
+    common = set.intersection(*({formula[r.attrs["dataset"]] for r in topk if int(config(r)["n_noise"]) == n}
+                                for n in levels))
+    topk = [r for r in topk if formula[r.attrs["dataset"]] in common]
+    if not topk:
+        return []
     cells: dict[tuple[str, int], list[float]] = defaultdict(list)
     for record in topk:
         cells[(_method_label(record), int(config(record)["n_noise"]))].append(_mean(record))
@@ -204,6 +215,7 @@ def noise_trend(topk: Sequence[CaseRecord], config: Any) -> list[str]:
             _f(float(np.mean(cells[(method, n)]))) + (f" ({paper[n][col]:.2f})" if col and n in paper
                                                       and col in paper[n] else "")
             for n in levels]])
-    return ["Top-k over the number of noise features (mean over formulas; the paper's value in parentheses "
-            "where it reports one):", "",
+    return [f"Top-k over the number of noise features (mean over the formulas run at every level: "
+            f"{', '.join(str(f) for f in sorted(common))}; the paper's value, a mean over all 15 formulas, in "
+            "parentheses where it reports one):", "",
             tabulate(rows, headers=["method", *[f"{n} noise" for n in levels]], tablefmt="github", disable_numparse=True)]
