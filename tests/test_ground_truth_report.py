@@ -72,10 +72,10 @@ def test_reproduction_section_compares_with_the_paper_and_shows_the_noise_trend(
                           metric_params={"attribution_norm": "all"}))
     text = "\n".join(reproduction_section(records))
     table = cells(text)
-    assert ["top_k_relevant", "gradient (signed grad)", "2", "0.820", "0.822", "agrees"] in table
+    assert ["top_k_relevant", "gradient (signed gradient)", "2", "0.820", "0.822", "agrees"] in table
     assert ["uniformity", "ig", "1", "0.800", "0.563", "differs (+0.237)"] in table
     assert ["uniformity_seed (normalised over all features)", "ig", "1", "0.550", "0.563", "agrees"] in table
     # the trend table, the paper's value in parentheses
-    assert ["gradient (signed grad)", "1.000 (1.00)", "0.820 (0.82)", "0.500 (0.63)"] in table
+    assert ["gradient (signed gradient)", "1.000 (1.00)", "0.820 (0.82)", "0.500 (0.63)"] in table
     assert "attribution_norm = \"all\"" in text  # the known definitional differences are stated
     assert reproduction_section([]) == []

@@ -96,7 +96,10 @@ def selection_section(records: Sequence[CaseRecord]) -> list[str]:
              "ranks them by mean |attribution| on the test split (or the estimator's coefficients / "
              "importances) and drops the lowest share, down to the number of relevant features. Precision = "
              "relevant share of the kept features, recall = share of the relevant features kept, error = test "
-             "MAE (regression) or 1 - accuracy. Mean over repeats."]
+             "MAE (regression) or 1 - accuracy. Mean over repeats.", "",
+             "Reference (seed-systems.md §1.2; formulas with m = 6..10, 150 noise features): neural RFE with "
+             "attribution reaches precision 0.67-1.0 at MAE 0.010-0.017; classic RFE with linear / tree / SVM "
+             "estimators 0.29-0.88 at MAE 0.04-0.11."]
     by_dataset: dict[str, list[CaseRecord]] = defaultdict(list)
     for record in chosen:
         by_dataset[record.attrs["dataset"]].append(record)
@@ -127,8 +130,8 @@ def _symbolic(records: Sequence[CaseRecord], metric: str) -> list[CaseRecord]:
 
 def _method_label(record: CaseRecord) -> str:
     method = _spec(record)["method"]
-    signed = "" if method["name"] != "saliency" else (" (|grad|)" if method["params"].get("abs", True)
-                                                      else " (signed grad)")
+    signed = "" if method["name"] != "saliency" else (" (abs. gradient)" if method["params"].get("abs", True)
+                                                      else " (signed gradient)")
     return f"{record.attrs['method']}{signed}"
 
 
