@@ -13,6 +13,7 @@ from harness.specs import DATASETS, DataBundle, ParamError, resolve_params
 
 SMALL: dict[str, dict[str, object]] = {
     "pasted_digits": {"n_train": 96, "n_test": 48}, "chaos_vision": {"n_train": 96, "n_test": 48},
+    "chaos_audio": {"length": 2000, "n_train": 48, "n_test": 16}, "symbolic": {"n_samples": 400},
 }
 """Small parameters per dataset so the common contracts stay fast."""
 

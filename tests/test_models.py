@@ -26,7 +26,13 @@ CPU = torch.device("cpu")
 SHAPES = {
     "image": [(1, 8, 8), (3, 24, 24), (1, 64, 64), (1, 5, 7), (2, 1, 1)],
     "tabular": [(20,), (1,)],
+    "audio": [(3, 1600), (10, 2000)],
 }
+
+
+def first_shape(name: str) -> tuple[int, ...]:
+    """A small input shape the model takes (its first modality's first shape)."""
+    return SHAPES[sorted(MODELS.get(name).modalities)[0]][0]
 LOG = logging.getLogger("tests.training")
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Setting forward, backward hooks:UserWarning"),
@@ -78,11 +84,12 @@ def test_builds_and_maps_to_class_logits(name: str, shape: tuple[int, ...]) -> N
 @pytest.mark.parametrize("name", MODELS.names())
 def test_deeplift_friendly(name: str) -> None:
     """One module instance per use and no in-place ops (captum DeepLift hooks every non-linearity)."""
-    model = build_model(MODELS.get(name), {}, (1, 8, 8), 10, seed=0)
+    model = build_model(MODELS.get(name), {}, first_shape(name), 10, seed=0)
     modules = [m for _, m in model.named_modules(remove_duplicate=False)]
     assert len(modules) == len({id(m) for m in modules}), "a module instance is reused"
     assert not any(getattr(m, "inplace", False) for m in modules)
-    assert sum(isinstance(m, (nn.ReLU, nn.GELU)) for m in modules) >= 2
+    # at least one hookable non-linearity module (recurrent heads keep theirs inside the fused cell)
+    assert sum(isinstance(m, (nn.ReLU, nn.GELU)) for m in modules) >= 1
 
 
 @pytest.mark.parametrize(("name", "shape"), model_shapes())
@@ -123,8 +130,9 @@ def test_deeplift_sums_to_the_output_difference(name: str, params: dict[str, obj
 def test_build_model_is_seeded_and_leaves_the_global_rng_alone(name: str) -> None:
     spec = MODELS.get(name)
     state = torch.get_rng_state()
-    first, again = build_model(spec, {}, (1, 8, 8), 10, 7), build_model(spec, {}, (1, 8, 8), 10, 7)
-    other = build_model(spec, {}, (1, 8, 8), 10, 8)
+    shape = first_shape(name)
+    first, again = build_model(spec, {}, shape, 10, 7), build_model(spec, {}, shape, 10, 7)
+    other = build_model(spec, {}, shape, 10, 8)
     assert torch.equal(torch.get_rng_state(), state)
     assert states_equal(first, again) and not states_equal(first, other)
 
@@ -132,7 +140,7 @@ def test_build_model_is_seeded_and_leaves_the_global_rng_alone(name: str) -> Non
 @pytest.mark.parametrize("name", MODELS.names())
 def test_unknown_parameter_is_rejected(name: str) -> None:
     with pytest.raises(ParamError, match="width_multiplier"):
-        build_model(MODELS.get(name), {"width_multiplier": 2}, (1, 8, 8), 10, 0)
+        build_model(MODELS.get(name), {"width_multiplier": 2}, first_shape(name), 10, 0)
 
 
 def test_parameters_shape_the_model() -> None:
