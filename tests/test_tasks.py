@@ -203,3 +203,31 @@ def test_exclude_patterns_leave_cases_out(tmp_path: Path) -> None:
     path.write_text(SUITE.replace("samples = 8", "samples = 8\nexclude = [3]"))
     with pytest.raises(SuiteError, match="exclude must be a list of strings; 3 is not"):
         load_suite(path)
+
+
+def _attributions(x: torch.Tensor, mask: torch.Tensor) -> Any:
+    from harness.workspace import Attributions
+
+    n = len(x)
+    return Attributions(values=-x, x=x, target=torch.zeros(n, dtype=torch.long), label=torch.zeros(n),
+                        sample_index=torch.arange(n), mask=mask, seconds=0.0)
+
+
+def test_example_maps_for_sequences_and_tabular_data() -> None:
+    from harness.recorder import EXAMPLE_SIDE, EXAMPLES, examples
+
+    audio = torch.randn(5, 10, 1000)
+    channel = torch.zeros(5, 10, 1, dtype=torch.bool)
+    channel[:, 3] = True
+    maps = {k: torch.tensor(v) for k, v in examples(_attributions(audio, channel)).items()}
+    assert maps["input"].shape == maps["attribution"].shape == maps["mask"].shape == (EXAMPLES, 10, EXAMPLE_SIDE)
+    assert maps["mask"][:, 3].eq(1).all() and maps["mask"].sum() == EXAMPLES * EXAMPLE_SIDE
+    torch.testing.assert_close(maps["attribution"][0, 0, 0], audio[0, 0, :16].abs().mean(), rtol=1e-5, atol=0)
+
+    table = torch.randn(4, 7)
+    relevant = torch.zeros(4, 7, dtype=torch.bool)
+    relevant[:, :2] = True
+    maps = {k: torch.tensor(v) for k, v in examples(_attributions(table, relevant)).items()}
+    assert maps["attribution"].shape == (EXAMPLES, 1, 7)
+    torch.testing.assert_close(maps["attribution"][:, 0], table[:EXAMPLES].abs())
+    assert maps["mask"][0, 0].tolist() == [1, 1, 0, 0, 0, 0, 0]
