@@ -72,6 +72,9 @@ class RunContext:
     """Most rows in one forward pass (the batch budget)."""
     memory_mb: int = 1024
     """Memory budget for one chunk of perturbed inputs, in MiB."""
+    background: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    """The case's training inputs (on the CPU), for methods with data-set baselines (DeepLiftShap,
+    GradientShap) and metrics that sample the data distribution; draw from it with :meth:`generator`."""
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from (seed, offset) through numpy's SeedSequence, so (0, 1) and (1, 0) give

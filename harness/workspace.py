@@ -66,7 +66,7 @@ class Workspace:
         settings = case.suite.settings
         return RunContext(
             device=self.device, seed=case.seed + offset, batch_size=settings["batch_size"],
-            memory_mb=settings["memory_mb"],
+            memory_mb=settings["memory_mb"], background=self.dataset(case).x_train,
         )
 
     # -- data -------------------------------------------------------------------------------------------
