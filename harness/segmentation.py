@@ -18,6 +18,9 @@ def slic_segments(
 ) -> torch.Tensor:
     """(N, 1, H, W) int64 SLIC labels of images ``x`` (N, C, H, W), on ``x``'s device.
 
+    On pixel noise, plain SLIC (compactness 10) fragments every colour cluster and connectivity enforcement
+    merges the fragments into one segment; ``slic_zero`` adapts the compactness and stays usable there.
+
     Each image is min-max scaled to [0, 1] per image first (SLIC's distances assume a fixed colour range;
     normalised inputs are not in [0, 1]). ``slic_zero`` is SLIC-zero (adaptive compactness), attribench's
     choice for IROF. Labels are renumbered to be contiguous from 0 in each image.
