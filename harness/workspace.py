@@ -23,6 +23,10 @@ from harness.specs import DATASETS, METHODS, MODELS, DataBundle, RunContext
 
 log = logging.getLogger("harness")
 
+MODEL_FORMAT = 2
+"""Layout of a cached model entry (weights.pt + report.json); part of its key, so entries written in an older
+layout (format 1: report.json with train_accuracy / test_accuracy) are never read, but rebuilt."""
+
 
 @dataclass(frozen=True)
 class TrainedModel:
@@ -88,7 +92,7 @@ class Workspace:
 
     # -- models -----------------------------------------------------------------------------------------
     def model(self, case: Case) -> TrainedModel:
-        spec = case.model_spec()
+        spec = {**case.model_spec(), "format": MODEL_FORMAT}
         path = self.cache.entry("models", spec)
         return self._memoised("model", path.name, lambda: self._load_model(case, spec))
 
@@ -124,7 +128,8 @@ class Workspace:
         data set as ``identity`` says), cached on disk under the hash of (model spec, identity)."""
         from harness.models.training import build_model, train_model
 
-        spec = {"base": case.model_spec(), "derived": identity, "input_shape": list(bundle.input_shape)}
+        spec = {"base": case.model_spec(), "derived": identity, "input_shape": list(bundle.input_shape),
+                "format": MODEL_FORMAT}
         model_spec = MODELS.get(case.model.name)
 
         def fresh() -> nn.Module:

@@ -231,3 +231,16 @@ def test_example_maps_for_sequences_and_tabular_data() -> None:
     assert maps["attribution"].shape == (EXAMPLES, 1, 7)
     torch.testing.assert_close(maps["attribution"][:, 0], table[:EXAMPLES].abs())
     assert maps["mask"][0, 0].tolist() == [1, 1, 0, 0, 0, 0, 0]
+
+
+def test_model_entries_of_an_older_layout_are_never_read(tmp_path: Path) -> None:
+    from harness.cache import save_json, save_tensors
+
+    case = next(c for c in suite_cases(tmp_path) if c.id == "lin-mlp-saliency-uniformity")
+    cache = Cache(tmp_path / "cache")
+    old = cache.entry("models", case.model_spec())  # the format-1 key: the spec without "format"
+    old.mkdir(parents=True)
+    save_json(old / "report.json", {"train_accuracy": 1.0, "test_accuracy": 1.0, "losses": [], "seconds": 0})
+    save_tensors(old / "weights.pt", {})
+    model = Workspace(cache, CPU).model(case)
+    assert model.score_name == "r2" and model.key != old.name
