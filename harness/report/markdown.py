@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
+from harness.report.attribench import attribench_sections
 from harness.report.figures import example_grid
 from harness.report.ground_truth import condition_tables, reproduction_section, selection_section
 from harness.report.stats import bootstrap_mean_ci
@@ -123,9 +124,11 @@ def family_tables(records: Sequence[CaseRecord]) -> list[str]:
 
 
 def render(
-    env: dict[str, Any], records: Sequence[CaseRecord], figures: dict[tuple[str, str], str] | None = None
+    env: dict[str, Any], records: Sequence[CaseRecord], figures: dict[tuple[str, str], str] | None = None,
+    statistics: Sequence[str] = (),
 ) -> str:
-    """The markdown report; ``figures`` maps (data set, model) to a figure path relative to the report."""
+    """The markdown report; ``figures`` maps (data set, model) to a figure path relative to the report;
+    ``statistics`` are the lines of the statistics sections (:func:`harness.report.attribench`)."""
     figures = figures or {}
     records = suite_order(env, records)
     passed = [r for r in records if r.attrs["status"] == "passed"]
@@ -158,7 +161,8 @@ def render(
             lines += ["", f"![Example attributions, {dataset} × {model}]({figures[(dataset, model)]})",
                       "", ("Example attribution maps (mean |attribution| over channels, each map scaled to its "
                       "own maximum); the green box is the ground-truth region where the data set has one.")]
-    lines += [*condition_tables(passed), *selection_section(passed), *reproduction_section(passed)]
+    lines += [*condition_tables(passed), *selection_section(passed), *reproduction_section(passed),
+              *statistics]
     if records:
         lines += ["", "## Methods and metrics", "", legend(records)]
     if failed:
@@ -187,9 +191,11 @@ def write_report(path: Path | str) -> Path:
     """Regenerate ``report.md`` (and its figures) next to the results file of a run; returns its path."""
     env, records = read_run(path)
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
-    figures = write_figures(run_dir, env, [r for r in records if r.attrs["status"] == "passed"])
+    passed = [r for r in records if r.attrs["status"] == "passed"]
+    figures = write_figures(run_dir, env, passed)
+    statistics = attribench_sections(suite_order(env, passed), run_dir)
     out = run_dir / "report.md"
-    out.write_text(render(env, records, figures))
+    out.write_text(render(env, records, figures, statistics))
     return out
 
 
