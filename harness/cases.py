@@ -74,12 +74,17 @@ NO_METHOD = Entry(key="none", name="none", params={})
 
 
 def compatible(dataset: Entry, model: Entry, method: Entry, metric: Entry) -> bool:
-    """The model takes the data set's modality; the metric applies to its modality and task; the ground
-    truth the metric needs exists (a mask, or the true attribution of the kind the method estimates)."""
+    """The model takes the data set's modality; the method applies to that modality and the model has the
+    traits it needs; the metric applies to its modality and task; the ground truth the metric needs exists (a mask, or the true attribution of the kind the method estimates)."""
     data_spec = DATASETS.get(dataset.name)
     metric_spec = METRICS.get(metric.name)
+    model_spec = MODELS.get(model.name)
+    if method is not NO_METHOD:
+        method_spec = METHODS.get(method.name)
+        if data_spec.modality not in method_spec.modalities or not method_spec.needs <= model_spec.traits:
+            return False
     return (
-        data_spec.modality in MODELS.get(model.name).modalities
+        data_spec.modality in model_spec.modalities
         and data_spec.modality in metric_spec.modalities
         and data_spec.task in metric_spec.tasks
         and (data_spec.has_mask or not metric_spec.needs_mask)

@@ -237,12 +237,18 @@ class ModelSpec(Spec):
     build: Callable[..., nn.Module]
     """``build(input_shape: tuple[int, ...], num_classes: int, **params) -> nn.Module``."""
     modalities: frozenset[str]
+    traits: frozenset[str] = frozenset()
+    """Structural facts methods may need, e.g. ``"conv2d"`` (has an ``nn.Conv2d``: GradCAM's layer)."""
 
 
 @dataclass(frozen=True)
 class MethodSpec(Spec):
     build: Callable[..., Explainer]
     """``build(model, ctx: RunContext, **params) -> explain`` with internal batching under the budget."""
+    modalities: frozenset[str] = frozenset({"image", "tabular", "audio"})
+    """Input kinds the method applies to (GradCAM: images)."""
+    needs: frozenset[str] = frozenset()
+    """Model traits the method requires (``ModelSpec.traits``); cases with other models are not generated."""
     truth: str = ""
     """The ground-truth kind this method estimates (``"derivative"``, ``"ablation"``, ``"path_integral"``),
     or empty; metrics with ``needs_truth`` run only where the data set carries that kind."""

@@ -200,3 +200,11 @@ def test_bad_training_settings_are_rejected(digits: DataBundle) -> None:
 def test_train_report_round_trips_through_json() -> None:
     report = TrainReport(train_score=0.9, test_score=0.8, losses=[2.0, 1.5], seconds=1.25)
     assert TrainReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_conv2d_trait_is_true(name: str) -> None:
+    """GradCAM cases are generated only for models with the conv2d trait: it must match the structure."""
+    model = build_model(MODELS.get(name), {}, first_shape(name), 10, seed=0)
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert ("conv2d" in MODELS.get(name).traits) == has_conv

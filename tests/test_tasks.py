@@ -244,3 +244,12 @@ def test_model_entries_of_an_older_layout_are_never_read(tmp_path: Path) -> None
     save_tensors(old / "weights.pt", {})
     model = Workspace(cache, CPU).model(case)
     assert model.score_name == "r2" and model.key != old.name
+
+
+def test_methods_are_paired_only_with_modalities_and_models_they_apply_to(tmp_path: Path) -> None:
+    path = tmp_path / "cam.toml"
+    path.write_text(SUITE.replace("[methods.random]", "[methods.random]\n[methods.gradcam]")
+                    .replace("[models.mlp]", "[models.cnn]\nmodel = \"small_cnn\"\n[models.mlp]"))
+    ids = {case.id for case in expand(load_suite(path))}
+    assert "digits-cnn-gradcam-deletion" in ids
+    assert not any("-gradcam-" in i and ("-mlp-" in i or i.startswith("lin-")) for i in ids)

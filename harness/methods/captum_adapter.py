@@ -12,6 +12,13 @@ shape, captum's mask / window keywords and the number of perturbed copies P of a
 :mod:`harness.methods.feature_masks`). captum evaluates a chunk of n samples once unperturbed and then
 ``perturbations_per_eval`` = p copies of each per forward, so n * p <= batch budget bounds every forward.
 
+Rows with a ``sampler`` (the SmoothGrad family, DeepLiftShap, GradientShap; :mod:`harness.methods.sampling`)
+expand each sample into k rows drawn from the run's seed and reduce their attributions; rows with
+``references`` draw data-set baselines from ``RunContext.background`` once per explainer; rows with
+``segments`` (KernelShap, Lime; :mod:`harness.methods.superpixels`) attribute sample by sample. A ``factory``
+builds algorithms that need more than the model (GradCAM's layer) and ``finish`` maps their output to x's
+shape. Every method also takes ``pixel_aggregation`` (:mod:`harness.methods.aggregation`), applied last.
+
 Hyperparameters follow attribench (Gevaert et al., "Evaluating feature attribution methods in the image
 domain", Machine Learning 2024): IG 25 steps, SmoothGrad 50 samples with sigma 0.15, zero baselines.
 Sources: captum 0.9 (``captum.attr``: Saliency, InputXGradient, IntegratedGradients, DeepLift, NoiseTunnel,
@@ -39,23 +46,21 @@ from captum.attr import (
 )
 from torch import nn
 
-from harness.methods import feature_masks
+from harness.methods import aggregation, feature_masks, superpixels
 from harness.methods.feature_masks import Perturbations, Shape
+from harness.methods.sampling import NT_REDUCTIONS, NoiseDraws, Sampler, draw_references
 from harness.specs import METHODS, Explainer, MethodSpec, RunContext, resolve_params
 
 Params = Mapping[str, Any]
 
 
+IMAGE_ONLY = frozenset({"gradcam", "guided_gradcam"})
+"""Methods on a 2-D convolution layer: images and models with the ``conv2d`` trait only."""
+
+
 def _one_row(params: Params) -> int:
     return 1
 
-
-NT_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "smoothgrad": lambda a: a.mean(dim=1),
-    "smoothgrad_sq": lambda a: (a * a).mean(dim=1),
-    "vargrad": lambda a: a.var(dim=1, correction=0),
-}
-"""captum ``NoiseTunnel`` ``nt_type`` -> reduction over the noise axis (dim 1) of per-draw attributions."""
 
 SMOOTHING_PARAMS = ("nt_samples", "stdevs", "nt_type")
 """Parameters the adapter itself consumes for noise-averaged methods."""
@@ -90,12 +95,38 @@ class CaptumMethod:
     """Raises :class:`ParamError` for resolved parameters that are out of range."""
     truth: str = ""
     """The analytic ground-truth kind the method estimates on data of a known function (``MethodSpec.truth``)."""
+    factory: Callable[[nn.Module, Params], Attribution] | None = None
+    """Builds the algorithm instead of ``algorithm(model)`` (e.g. on the layer GradCAM attributes through)."""
+    finish: Callable[[torch.Tensor, torch.Tensor, Params], torch.Tensor] | None = None
+    """``finish(attributions, inputs, params)`` per call: captum's output -> the inputs' shape (upsampling)."""
+    sampler: Sampler | None = None
+    """Expands each sample into k rows and reduces their attributions (``smoothing`` implies NoiseDraws)."""
+    references: str = ""
+    """Parameter giving how many ``RunContext.background`` rows to draw as data-set baselines (the sampler's)."""
+    segments: Callable[[Params, torch.Tensor], torch.Tensor] | None = None
+    """Surrogate methods: per-sample feature groups of the inputs; one seeded captum call per sample
+    (:func:`harness.methods.superpixels.attribute_per_sample`), ``n_samples`` forward rows each."""
+    own_params: tuple[str, ...] = ()
+    """Parameters consumed by ``factory`` / ``finish`` / ``sampler`` / ``segments`` (not ``attribute()``)."""
+
+    @property
+    def expansion(self) -> Sampler | None:
+        """The sampler, if any: ``sampler``, or captum NoiseTunnel draws for ``smoothing`` rows."""
+        return self.sampler if self.sampler is not None else (NoiseDraws() if self.smoothing else None)
+
+    @property
+    def forward_only(self) -> bool:
+        return self.perturb is not None or self.segments is not None
 
     def rows_per_sample(self, params: Params, shape: Shape) -> int:
-        """Model rows pushed through the model per attributed sample of shape ``shape``: the method's cost."""
+        """Model rows pushed through the model per attributed sample of shape ``shape``: the method's cost
+        (with ``references``, the nominal count; the explainer uses at most the background's rows)."""
         if self.perturb is not None:
             return self.perturb(params, shape).count + 1
-        return self.rows(params) * (int(params["nt_samples"]) if self.smoothing else 1)
+        if self.segments is not None:
+            return int(params["n_samples"])
+        sampler = self.expansion
+        return self.rows(params) * (sampler.count(params, None) if sampler is not None else 1)
 
 
 IG_METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -180,24 +211,39 @@ def _per_sample_targets(target: torch.Tensor | int, n: int) -> torch.Tensor:
 class CaptumExplainer:
     """``explain(x, target)`` for one :class:`CaptumMethod`, model and run context."""
 
-    def __init__(self, method: CaptumMethod, model: nn.Module, ctx: RunContext, params: Params) -> None:
+    def __init__(
+        self, method: CaptumMethod, model: nn.Module, ctx: RunContext, params: Params, pixel_aggregation: str = "none"
+    ) -> None:
         self.method, self.model, self.ctx, self.params = method, model, ctx, dict(params)
-        self.algorithm = method.algorithm(model)
+        self.pixel_aggregation = pixel_aggregation
+        self.algorithm = method.factory(model, self.params) if method.factory else method.algorithm(model)
         self.kwargs = {**method.fixed, **{kw: self.params[p] for p, kw in method.call.items()}}
         self.device = _model_device(model, ctx.device)
+        self.references: torch.Tensor | None = None
+        if method.references:
+            where = f"method {method.name}"
+            self.references = draw_references(ctx, int(self.params[method.references]), where).to(self.device)
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
         if len(x) == 0:
             return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         targets = _per_sample_targets(target, len(x))
         rows = self.ctx.rows_per_chunk(math.prod(x.shape[1:]))
-        attribute = self._smoothed if self.method.smoothing else self._attribute
-        grad_mode = torch.no_grad() if self.method.perturb is not None else torch.enable_grad()
+        grad_mode = torch.no_grad() if self.method.forward_only else torch.enable_grad()
         with _eval_mode(self.model), grad_mode:
-            return attribute(x, targets, rows).to(x.device)
+            if self.method.segments is not None:
+                out = self._segmented(x, targets, rows)
+            elif self.method.expansion is not None:
+                out = self._expanded(x, targets, rows, self.method.expansion)
+            else:
+                out = self._attribute(x, targets, rows)
+        return aggregation.aggregate(out, self.pixel_aggregation).to(x.device)
 
-    def _attribute(self, x: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
-        """Attribute in chunks of samples that cost at most ``rows`` model rows per forward pass."""
+    def _attribute(
+        self, x: torch.Tensor, targets: torch.Tensor, rows: int, row_kwargs: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Attribute in chunks of samples that cost at most ``rows`` model rows per forward pass; ``row_kwargs``
+        (per-row ``attribute()`` keywords, e.g. DeepLiftShap's baselines) are chunked along with ``x``."""
         kwargs = dict(self.kwargs)
         if self.method.batch_kwarg is not None:
             per_call, kwargs[self.method.batch_kwarg] = rows, rows
@@ -210,38 +256,55 @@ class CaptumExplainer:
             kwargs["perturbations_per_eval"] = max(1, min(plan.count, rows // per_call))
         else:
             per_call = max(1, rows // self.method.rows(self.params))
-        parts = [
-            self._call(x[start : start + per_call], targets[start : start + per_call], kwargs)
-            for start in range(0, len(x), per_call)
-        ]
+        parts = []
+        for start in range(0, len(x), per_call):
+            chunk = slice(start, start + per_call)
+            extra = {k: v[chunk] for k, v in (row_kwargs or {}).items()}
+            parts.append(self._call(x[chunk], targets[chunk], {**kwargs, **extra}))
         return torch.cat(parts)
 
     def _call(self, x: torch.Tensor, targets: torch.Tensor, kwargs: Params) -> torch.Tensor:
         inputs = x.detach().to(device=self.device, dtype=torch.float32, copy=True)
-        inputs.requires_grad_(self.method.perturb is None)
+        inputs.requires_grad_(not self.method.forward_only)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
+            warnings.filterwarnings("ignore", message="Setting (forward, backward|backward) hooks")
             out = self.algorithm.attribute(inputs, target=targets.to(self.device), **kwargs)
+        if self.method.finish is not None:
+            out = self.method.finish(out, inputs, self.params)
         return out.detach().float()
 
-    def _smoothed(self, x: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
-        """NoiseTunnel semantics with noise drawn per sample, in order, from ``ctx.generator()`` on the CPU.
+    def _expanded(self, x: torch.Tensor, targets: torch.Tensor, rows: int, sampler: Sampler) -> torch.Tensor:
+        """Sampler methods: chunks of samples expanded to k rows each, attributed, reduced per sample.
 
-        captum's NoiseTunnel draws one noise block per chunk from the global RNG, so its result would depend
-        on the chunking and the device; drawing ``(nt_samples, *x.shape[1:])`` per sample from one seeded
-        CPU generator gives the same noise for every chunk size and device.
+        Draws come per sample, in order, from one ``ctx.generator()`` on the CPU (captum's NoiseTunnel and
+        GradientShap draw one block per call from the global RNGs, which would tie the result to the chunking
+        and the device); the same seed gives the same draws for every chunk size and device.
         """
-        nt, stdevs = int(self.params["nt_samples"]), float(self.params["stdevs"])
-        reduce = NT_REDUCTIONS[self.params["nt_type"]]
-        generator, per_chunk = self.ctx.generator(), max(1, rows // nt)
+        if self.references is not None and self.references.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"method {self.method.name}: the background's samples have shape "
+                f"{list(self.references.shape[1:])}, the inputs' {list(x.shape[1:])}"
+            )
+        k = sampler.count(self.params, self.references)
+        generator, per_chunk = self.ctx.generator(), max(1, rows // k)
         parts = []
         for start in range(0, len(x), per_chunk):
             chunk = x[start : start + per_chunk].detach().to(device=self.device, dtype=torch.float32)
-            noise = torch.stack([torch.randn((nt, *x.shape[1:]), generator=generator) for _ in chunk])
-            noisy = (chunk.unsqueeze(1) + stdevs * noise.to(self.device)).flatten(0, 1)
-            attr = self._attribute(noisy, targets[start : start + per_chunk].repeat_interleave(nt), rows)
-            parts.append(reduce(attr.unflatten(0, (len(chunk), nt))))
+            expansion = sampler.expand(chunk, generator, self.params, self.references)
+            chunk_targets = targets[start : start + per_chunk].repeat_interleave(k)
+            attributions = self._attribute(expansion.inputs, chunk_targets, rows, expansion.row_kwargs)
+            parts.append(expansion.reduce(attributions))
         return torch.cat(parts)
+
+    def _segmented(self, x: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+        """Surrogate methods: one seeded captum call per sample with its own feature groups."""
+        assert self.method.segments is not None
+        inputs = x.detach().to(device=self.device, dtype=torch.float32)
+        groups = self.method.segments(self.params, inputs).to(self.device)
+        seeds = superpixels.sample_seeds(self.ctx, len(x))
+        return superpixels.attribute_per_sample(
+            self.algorithm, inputs, targets.to(self.device), groups, seeds, self.kwargs, rows
+        )
 
 
 def build_captum(entry: CaptumMethod, model: nn.Module, ctx: RunContext, /, **params: Any) -> Explainer:
@@ -249,17 +312,34 @@ def build_captum(entry: CaptumMethod, model: nn.Module, ctx: RunContext, /, **pa
 
     Positional-only, so that a parameter may be called ``method`` (IG's quadrature rule) or ``model``.
     """
-    resolved = resolve_params(f"method {entry.name}", params, entry.defaults, entry.choices)
+    resolved = resolve_params(f"method {entry.name}", params, spec_defaults(entry), spec_choices(entry))
+    pixel_aggregation = resolved.pop(aggregation.PARAMETER)
     if entry.check is not None:
         entry.check(resolved)
-    return CaptumExplainer(entry, model, ctx, resolved)
+    return CaptumExplainer(entry, model, ctx, resolved, pixel_aggregation)
 
 
-for _method in CAPTUM_METHODS.values():
-    METHODS.add(
-        _method.name,
-        MethodSpec(
-            name=_method.name, build=partial(build_captum, _method), defaults=dict(_method.defaults),
-            choices=dict(_method.choices), description=_method.description, truth=_method.truth,
-        ),
-    )
+def spec_defaults(entry: CaptumMethod) -> dict[str, Any]:
+    """The row's parameters plus ``pixel_aggregation`` (every method has it)."""
+    return {**entry.defaults, aggregation.PARAMETER: "none"}
+
+
+def spec_choices(entry: CaptumMethod) -> dict[str, tuple[Any, ...]]:
+    return {**entry.choices, aggregation.PARAMETER: aggregation.AGGREGATIONS}
+
+
+def register(table: Mapping[str, CaptumMethod]) -> None:
+    """Register every row of ``table`` as a :class:`MethodSpec` built by :func:`build_captum`."""
+    for entry in table.values():
+        METHODS.add(
+            entry.name,
+            MethodSpec(
+                name=entry.name, build=partial(build_captum, entry), defaults=spec_defaults(entry),
+                choices=spec_choices(entry), description=entry.description, truth=entry.truth,
+                modalities=frozenset({"image"}) if entry.name in IMAGE_ONLY else frozenset({"image", "tabular", "audio"}),
+                needs=frozenset({"conv2d"}) if entry.name in IMAGE_ONLY else frozenset(),
+            ),
+        )
+
+
+register(CAPTUM_METHODS)

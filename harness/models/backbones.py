@@ -300,6 +300,7 @@ def _register_torchvision(name: str) -> None:
         name=name,
         build=partial(build_torchvision, name=name),
         modalities=frozenset({"image"}),
+        traits=frozenset({"conv2d"}),
         defaults={"pretrained": "", "head": "stack", "small_input": "resize"},
         choices={"head": ("stack", "replace"), "small_input": ("resize", "error")},
         description=(
@@ -319,6 +320,7 @@ def _register_cifar(name: str) -> None:
         name=name,
         build=partial(build_cifar_resnet, name=name),
         modalities=frozenset({"image"}),
+        traits=frozenset({"conv2d"}),
         defaults={"pretrained": ""},
         description=(
             f"CIFAR ResNet-{6 * blocks + 2} (He et al. 2016, §4.2): 3x3 stem, {blocks} basic block(s) per stage "

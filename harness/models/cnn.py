@@ -44,6 +44,7 @@ MODELS.add(
         name="small_cnn",
         build=build_small_cnn,
         modalities=frozenset({"image"}),
+        traits=frozenset({"conv2d"}),
         defaults={"channels": [16, 32], "hidden": 64},
         description=(
             "Small CNN: per channels entry Conv2d(3x3, padding 1) -> ReLU -> MaxPool2d(2) (pooling stops at "
