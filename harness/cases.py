@@ -54,6 +54,7 @@ class Case:
             "method": {**self.method.spec(), "version": version},
             "samples": settings["samples"],
             "target": settings["target"],
+            **({"correct_only": True} if settings["correct_only"] else {}),
             "seed": self.seed,
         }
 

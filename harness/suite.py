@@ -12,6 +12,7 @@ whose key is the *instance name* used in case ids, with an optional field naming
     memory_mb = 1024          # budget for one chunk of perturbed inputs
     plugins = ["my_metrics"]  # modules imported first: they may register their own specs
     exclude = ["audio*-*-occlusion-*"]  # case-id patterns (fnmatch) left out of the grid
+    correct_only = false      # score only test samples the model classifies correctly (attribench)
 
     [datasets.digits]
     [models.cnn]
@@ -53,6 +54,7 @@ SUITE_DEFAULTS: dict[str, Any] = {
     "plugins": [],
     "markers": [],
     "exclude": [],
+    "correct_only": False,
 }
 SUITE_CHOICES = {"target": ("label", "prediction")}
 SECTIONS = ("datasets", "models", "methods", "metrics")

@@ -155,12 +155,26 @@ class Workspace:
         path = self.cache.entry("attributions", spec)
         return self._memoised("attributions", path.name, lambda: self._load_attributions(case, spec))
 
+    def sample_index(self, case: Case, bundle: DataBundle, model: nn.Module) -> torch.Tensor:
+        """The test samples a case scores: the first ``samples`` of the test split, or with the suite's
+        ``correct_only`` (attribench's protocol) the first ``samples`` the model classifies correctly."""
+        settings = case.suite.settings
+        if not settings["correct_only"] or bundle.task != "classification":
+            return torch.arange(min(settings["samples"], len(bundle.y_test)))
+        predicted = predictions(model, bundle.x_test.to(self.device), self.context(case)).cpu()
+        correct = (predicted == bundle.y_test).nonzero()[:, 0]
+        if len(correct) == 0:
+            raise ValueError(f"case {case.id}: correct_only is set but the model classifies no test sample "
+                             "correctly")
+        return correct[: settings["samples"]]
+
     def _load_attributions(self, case: Case, spec: dict[str, Any]) -> Attributions:
         bundle = self.dataset(case)
         model = self.model(case).module
-        n = min(case.suite.settings["samples"], len(bundle.y_test))
-        x = bundle.x_test[:n].to(self.device)
-        label = bundle.y_test[:n].to(self.device)
+        index = self.sample_index(case, bundle, model)
+        n = len(index)
+        x = bundle.x_test[index].to(self.device)
+        label = bundle.y_test[index].to(self.device)
 
         def build(tmp: Path) -> None:
             if bundle.task == "regression":  # one output: attribute it
@@ -183,12 +197,12 @@ class Workspace:
 
         path = self.cache.get_or_build("attributions", spec, build)
         stored = load_tensors(path / "attributions.pt")
-        mask = bundle.mask_test[:n].to(self.device) if bundle.mask_test is not None else None
+        mask = bundle.mask_test[index].to(self.device) if bundle.mask_test is not None else None
         kind = METHODS.get(case.method.name).truth
-        truth = bundle.truth_test[kind][:n].to(self.device) if kind in bundle.truth_test else None
+        truth = bundle.truth_test[kind][index].to(self.device) if kind in bundle.truth_test else None
         return Attributions(
             values=stored["values"].to(self.device), x=x, target=stored["target"].to(self.device), label=label,
-            sample_index=torch.arange(n), mask=mask, seconds=load_json(path / "timing.json")["seconds"],
+            sample_index=index, mask=mask, seconds=load_json(path / "timing.json")["seconds"],
             truth=truth,
         )
 

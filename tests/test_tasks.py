@@ -253,3 +253,23 @@ def test_methods_are_paired_only_with_modalities_and_models_they_apply_to(tmp_pa
     ids = {case.id for case in expand(load_suite(path))}
     assert "digits-cnn-gradcam-deletion" in ids
     assert not any("-gradcam-" in i and ("-mlp-" in i or i.startswith("lin-")) for i in ids)
+
+
+def test_correct_only_scores_the_first_correctly_classified_samples(tmp_path: Path) -> None:
+    from harness.workspace import predictions
+
+    path = tmp_path / "correct.toml"
+    path.write_text(SUITE.replace("samples = 8", "samples = 30\ncorrect_only = true")
+                    .replace("epochs = 60", "epochs = 1"))
+    case = next(c for c in expand(load_suite(path)) if c.id == "digits-mlp-saliency-deletion")
+    plain = next(c for c in suite_cases(tmp_path) if c.id == "digits-mlp-saliency-deletion")
+    assert case.key() != plain.key()  # the protocol is part of the spec
+    workspace = Workspace(Cache(tmp_path / "cache"), CPU)
+    got = workspace.attributions(case)
+    bundle = workspace.dataset(case)
+    model = workspace.model(case).module
+    predicted = predictions(model, bundle.x_test, workspace.context(case))
+    expected = (predicted == bundle.y_test).nonzero()[:, 0][:30]
+    assert 0 < len(expected) and torch.equal(got.sample_index, expected)
+    assert torch.equal(got.label, bundle.y_test[expected]) and torch.equal(got.x, bundle.x_test[expected])
+    assert bool((predicted[bundle.y_test != predicted]).numel())  # one epoch leaves mistakes to skip
