@@ -44,7 +44,7 @@ def as_pixels(t: Tensor) -> Tensor:
         raise ValueError(f"expected a batch (N, F) or (N, C, ...), got shape {tuple(t.shape)}")
     if t.ndim == 2:
         return t.unsqueeze(1)
-    return t.reshape(t.shape[0], t.shape[1], -1)
+    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))  # not -1: N may be 0
 
 
 def step_counts(num_pixels: int, steps: int, max_fraction: float) -> list[int]:
