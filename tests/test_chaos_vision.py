@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -218,9 +217,7 @@ def test_bad_sizes_are_rejected() -> None:
         build(0, canvas=16, object_size=20)
 
 
-def test_default_size_builds_in_seconds() -> None:
-    build(0, condition="SBRP", n_train=4, n_test=4, canvas=64, object_size=16)  # warm the source caches
-    start = time.perf_counter()
+def test_default_size_builds() -> None:
+    """The default size builds (its speed belongs in benchmarks, not in a timed test)."""
     bundle = build(0, condition="SBRP", **{k: DATASETS.get("chaos_vision").defaults[k] for k in SMALL})
-    assert time.perf_counter() - start < 5.0
     assert bundle.x_train.shape == (4000, 3, 64, 64) and bundle.mask_test.shape == (1000, 1, 64, 64)

@@ -14,6 +14,9 @@ from harness.specs import DATASETS, DataBundle, ParamError, resolve_params
 SMALL: dict[str, dict[str, object]] = {
     "pasted_digits": {"n_train": 96, "n_test": 48}, "chaos_vision": {"n_train": 96, "n_test": 48},
     "chaos_audio": {"length": 2000, "n_train": 48, "n_test": 16}, "symbolic": {"n_samples": 400},
+    "mnist": {"n_train": 200, "n_test": 100},
+    **{n: {"n_train": 64, "n_test": 32} for n in ("fashion_mnist", "cifar10", "cifar100", "svhn")},
+    **{n: {"n_train": 32, "n_test": 16, "size": 64} for n in ("imagenette", "places365", "caltech256")},
 }
 """Small parameters per dataset so the common contracts stay fast."""
 
@@ -21,7 +24,12 @@ SMALL: dict[str, dict[str, object]] = {
 def build(name: str, seed: int = 0, **given: object) -> DataBundle:
     spec = DATASETS.get(name)
     params = resolve_params(f"dataset {name}", {**SMALL.get(name, {}), **given}, spec.defaults, spec.choices)
-    return spec.build(seed, **params)
+    try:
+        return spec.build(seed, **params)
+    except FileNotFoundError as err:
+        if params.get("data_root") == "":  # torchvision-backed data sets read files that are not here
+            pytest.skip(str(err))
+        raise
 
 
 def raw_digits() -> tuple[np.ndarray, np.ndarray]:
