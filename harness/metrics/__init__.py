@@ -1,4 +1,15 @@
 """Metrics; importing this package registers every metric in :data:`harness.specs.METRICS`."""
 from __future__ import annotations
 
-from harness.metrics import box_iou, deletion, localization, selection, uniformity  # noqa: F401
+from harness.metrics import (  # noqa: F401
+    box_iou,
+    deletion,
+    infidelity,
+    irof,
+    localization,
+    minimal_subset,
+    selection,
+    sensitivity,
+    sensitivity_n,
+    uniformity,
+)

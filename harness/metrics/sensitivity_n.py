@@ -1,0 +1,243 @@
+"""Sensitivity-n and Seg-Sensitivity-n: does the attribution of a random subset predict the output drop?
+
+Definition (Ancona et al., "Towards better understanding of gradient-based attribution methods for deep neural
+networks", ICLR 2018; attribench: Gevaert et al., Machine Learning 2024,
+``attribench/functional/metrics/sensitivity_n``), per sample:
+
+1. Units: the P pixels (tabular: features) of the input, each with the pixel score of the attribution (channel
+   mean, or ``max_c |a_c|``); Seg-Sensitivity-n: the S SLIC segments of the image (``segments`` = 100,
+   ``slic_zero``; :func:`harness.segmentation.slic_segments`), each with the mean attribution over its pixels.
+2. Subset sizes: ``n_t = floor(t * U)`` for ``t`` in ``linspace(min_fraction, max_fraction, steps)``
+   (attribench: 0.1, 0.5, 10), U the number of units (pixels, or this image's segments).
+3. For every size, ``subsets`` (attribench: 100) uniform random subsets S of exactly n units; the input with
+   S replaced by the masker's fully masked input (every channel of a pixel; all pixels of a segment).
+4. Per size, the Pearson correlation over the subsets between ``sum_{i in S} score_i`` and
+   ``f(x) - f(x masked on S)`` (target logit or softmax): the exact row-wise formula in float64, **0 when
+   either side is constant** (seed-systems.md §2 [bug]: the original mixes n-1 and n denominators).
+5. Score: the mean over the sizes. Higher is better; in [-1, 1].
+
+``activation`` (default ``logits``) picks the output f of the primary score and of ``correlations`` /
+``repeats``; the scores of both activations are output as ``sensitivity_n_logits`` / ``_softmax``.
+``repeats`` > 1 repeats steps 3-5 with fresh subsets (the SNR study): ``repeats`` gives each repeat's score
+(N, repeats), ``correlations`` the per-size correlations averaged over repeats (N, steps), and the score the
+mean over repeats. Attribution sums are taken in float64, so equal subset sums (a constant attribution) are
+equal exactly and correlate 0.
+
+Deviations from attribench: Seg-Sensitivity-n takes ``n_t = floor(t * S_i)`` of each image's own segment count
+S_i (attribench: ``floor(t * 100)`` for every image, which fails on images with fewer segments); subsets are
+drawn per sample from per-sample streams (:mod:`harness.metrics.rows`), so results do not depend on the
+batch, chunking or device.
+
+``forward_passes`` = N + N * repeats * steps * subsets.
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from harness.metrics.maskers import MASKERS, masked_baseline
+from harness.metrics.perturbation import as_pixels, pixel_scores
+from harness.metrics.rows import SampleStreams, check_inputs, original_outputs, row_samples, target_outputs
+from harness.segmentation import segment_means, slic_segments
+from harness.specs import (
+    METRICS,
+    MetricInputs,
+    MetricResult,
+    MetricSpec,
+    ParamError,
+    RunContext,
+    resolve_params,
+)
+
+COMMON = {
+    "steps": 10, "min_fraction": 0.1, "max_fraction": 0.5, "subsets": 100, "repeats": 1,
+    "masker": "constant", "mask_value": 0.0, "activation": "logits",
+}
+DEFAULTS = MappingProxyType({**COMMON, "pixel_aggregation": "mean"})
+SEG_DEFAULTS = MappingProxyType({**COMMON, "segments": 100, "compactness": 10.0, "slic_zero": True})
+CHOICES = MappingProxyType({
+    "masker": MASKERS, "activation": ("logits", "softmax"), "pixel_aggregation": ("mean", "max_abs"),
+})
+REFERENCE = (
+    "Ancona et al., Towards better understanding of gradient-based attribution methods for deep neural "
+    "networks, ICLR 2018; Gevaert et al., Evaluating feature attribution methods in the image domain, "
+    "Machine Learning 2024 (attribench)"
+)
+OFFSET = 0x5E45
+"""``ctx.generator`` offset of the subset streams (the random masker uses offset 0, as deletion does)."""
+
+
+def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation along the last dimension, in float64; 0 where ``a`` or ``b`` is constant."""
+    a, b = a.double(), b.double()
+    constant = (a == a[..., :1]).all(-1) | (b == b[..., :1]).all(-1)
+    ac, bc = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    denominator = ((ac * ac).sum(-1) * (bc * bc).sum(-1)).sqrt()
+    r = (ac * bc).sum(-1) / torch.where(constant, 1.0, denominator)
+    return torch.where(constant | (denominator == 0), 0.0, r).clamp(-1.0, 1.0)
+
+
+def subset_sizes(units: Tensor, p: dict[str, Any]) -> Tensor:
+    """(N, steps) long: ``floor(t * U_i)`` for every fraction ``t`` (a 1e-9 slack keeps exact products)."""
+    fractions = torch.linspace(p["min_fraction"], p["max_fraction"], p["steps"], dtype=torch.float64)
+    return (fractions[None, :] * units.double()[:, None].cpu() + 1e-9).floor().long().to(units.device)
+
+
+class Subsets:
+    """Unit weights of rows ``start:stop`` (row = ((sample * repeats + repeat) * steps + step) * subsets +
+    subset): a uniform random subset of ``sizes[sample, step]`` of the sample's ``units`` units, the first
+    ``n`` entries of a random permutation (``torch.randperm`` per row, on the CPU; about as fast as drawing
+    one random key per unit, and it needs no sort). Units past a sample's own count are never chosen."""
+
+    def __init__(self, units: Tensor, width: int, p: dict[str, Any], ctx: RunContext):
+        self.units, self.sizes, self.width = units, subset_sizes(units, p), width
+        self.steps, self.subsets = p["steps"], p["subsets"]
+        self.per_sample = p["repeats"] * self.steps * self.subsets
+        counts = units.tolist()
+        self.streams = SampleStreams(
+            ctx, OFFSET, units.shape[0], self.per_sample, width,
+            lambda sample, g, k: _permutations(counts[sample], width, g, k),
+        )
+
+    def weights(self, start: int, stop: int) -> Tensor:
+        """(rows, width) bool: the chosen units of every row."""
+        device = self.units.device
+        order = self.streams.take(start, stop).to(device).long()
+        rows = torch.arange(start, stop, device=device)
+        n = self.sizes[rows // self.per_sample, rows // self.subsets % self.steps]
+        first = torch.arange(self.width, device=device) < n[:, None]
+        return torch.zeros_like(first).scatter_(1, order, first)
+
+    def draw(self) -> Tensor:
+        """All weights, (N, repeats * steps * subsets, width) bool."""
+        total = self.units.shape[0] * self.per_sample
+        return self.weights(0, total).reshape(self.units.shape[0], self.per_sample, self.width)
+
+
+def _permutations(count: int, width: int, g: torch.Generator, k: int) -> Tensor:
+    """``k`` rows (k, width) int32: a random permutation of ``0..count-1``, then ``count..width-1``."""
+    out = torch.arange(width, dtype=torch.int32).repeat(k, 1)
+    for row in out:
+        torch.randperm(count, generator=g, dtype=torch.int32, out=row[:count])
+    return out
+
+
+def draw_subsets(
+    units: Tensor, width: int, ctx: RunContext, *, segmented: bool = False, **params: Any
+) -> Tensor:
+    """The subsets the metric draws for samples of ``units`` units with ``params``: (N, repeats * steps *
+    subsets, width) bool, rows ordered (repeat, step, subset)."""
+    name, defaults = ("seg_sensitivity_n", SEG_DEFAULTS) if segmented else ("sensitivity_n", DEFAULTS)
+    return Subsets(units, width, _resolve(name, params, defaults), ctx).draw()
+
+
+def subset_correlations(
+    inputs: MetricInputs, ctx: RunContext, p: dict[str, Any], scores: Tensor, pixel_unit: Tensor | None,
+    units: Tensor,
+) -> tuple[dict[str, Tensor], int]:
+    """Per-size correlations (N, repeats, steps) for each activation, and the forward passes.
+
+    ``scores`` (N, width) are the units' attribution scores, ``units`` (N,) how many units each sample has,
+    ``pixel_unit`` (N, P) the unit of every pixel (``None``: the units are the pixels)."""
+    x = inputs.x
+    n = x.shape[0]
+    subsets = Subsets(units, scores.shape[1], p, ctx)
+    keep = as_pixels(x)
+    fill = as_pixels(masked_baseline(x, p["masker"], ctx.generator(), value=p["mask_value"]))
+    scores = scores.double()
+    sums: list[Tensor] = [scores.new_empty(0)]
+
+    def build(start: int, stop: int) -> Tensor:
+        samples = row_samples(start, stop, subsets.per_sample, x.device)
+        chosen = subsets.weights(start, stop)
+        sums.append((chosen * scores[samples]).sum(1))
+        if pixel_unit is not None:
+            chosen = chosen.gather(1, pixel_unit[samples])
+        rows = torch.lerp(keep[samples], fill[samples], chosen[:, None, :].to(x.dtype))
+        return rows.view(stop - start, *x.shape[1:])
+
+    masked = target_outputs(inputs.model, x, inputs.target, subsets.per_sample, build, ctx, copies=6)
+    original = original_outputs(inputs.model, x, inputs.target, ctx)
+    shape = (n, p["repeats"], p["steps"], p["subsets"])
+    attribution_sums = torch.cat(sums).reshape(shape).clone()
+    correlations = {
+        activation: pearson_rows(attribution_sums, (before.double() - after.double()).reshape(shape))
+        for activation, before, after in (("logits", original.logits, masked.logits),
+                                          ("softmax", original.softmax, masked.softmax))
+    }
+    return correlations, masked.forward_passes + original.forward_passes
+
+
+def sensitivity_n(inputs: MetricInputs, ctx: RunContext, **params: Any) -> MetricResult:
+    """Sensitivity-n over random pixel subsets (module docstring)."""
+    p = _resolve("sensitivity_n", params, DEFAULTS)
+    check_inputs("sensitivity_n", inputs.x, inputs.target, inputs.attributions)
+    scores = pixel_scores(inputs.attributions, p["pixel_aggregation"])
+    units = torch.full((inputs.x.shape[0],), scores.shape[1], dtype=torch.long, device=inputs.x.device)
+    correlations, passes = subset_correlations(inputs, ctx, p, scores, None, units)
+    sizes = subset_sizes(torch.tensor([scores.shape[1]]), p)[0].tolist()
+    return _result(correlations, passes, p, {"sizes": sizes})
+
+
+def seg_sensitivity_n(inputs: MetricInputs, ctx: RunContext, **params: Any) -> MetricResult:
+    """Seg-Sensitivity-n over random subsets of SLIC segments scored by mean attribution (module
+    docstring)."""
+    p = _resolve("seg_sensitivity_n", params, SEG_DEFAULTS)
+    x = inputs.x
+    check_inputs("seg_sensitivity_n", x, inputs.target, inputs.attributions)
+    if x.ndim != 4:
+        raise ValueError(f"seg_sensitivity_n: needs images (N, C, H, W), got shape {list(x.shape)}")
+    segments = slic_segments(x, p["segments"], p["compactness"], p["slic_zero"])
+    pixel_unit = segments.flatten(1)
+    units = pixel_unit.amax(1) + 1
+    scores = segment_means(inputs.attributions, segments).nan_to_num(0.0) if len(x) else x.new_zeros(0, 1)
+    correlations, passes = subset_correlations(inputs, ctx, p, scores, pixel_unit, units)
+    return _result(correlations, passes, p, {"segments": units.tolist()})
+
+
+def _result(
+    correlations: dict[str, Tensor], passes: int, p: dict[str, Any], info: dict[str, Any]
+) -> MetricResult:
+    chosen = correlations[p["activation"]]
+    per_repeat = chosen.mean(2)
+    outputs = {
+        "sensitivity_n": per_repeat.mean(1),
+        "sensitivity_n_logits": correlations["logits"].mean((1, 2)),
+        "sensitivity_n_softmax": correlations["softmax"].mean((1, 2)),
+        "correlations": chosen.mean(1),
+        "repeats": per_repeat,
+    }
+    return MetricResult(
+        outputs=outputs, primary="sensitivity_n", higher_is_better=True,
+        bounds={key: (-1.0, 1.0) for key in outputs}, forward_passes=passes,
+        info={**info, "masker": p["masker"], "activation": p["activation"], "repeats": p["repeats"]},
+    )
+
+
+def _resolve(name: str, params: dict[str, Any], defaults: MappingProxyType[str, Any]) -> dict[str, Any]:
+    p = resolve_params(name, params, defaults, CHOICES)
+    for key, low in (("steps", 1), ("subsets", 2), ("repeats", 1), ("segments", 1)):
+        if key in p and p[key] < low:
+            raise ParamError(f"{name}: parameter {key!r} = {p[key]!r} must be at least {low}")
+    if not 0.0 <= p["min_fraction"] <= p["max_fraction"] <= 1.0:
+        raise ParamError(f"{name}: parameters 'min_fraction' = {p['min_fraction']!r} and 'max_fraction' = "
+                         f"{p['max_fraction']!r} must satisfy 0 <= min_fraction <= max_fraction <= 1")
+    return p
+
+
+METRICS.add("sensitivity_n", MetricSpec(
+    name="sensitivity_n", family="faithfulness", compute=sensitivity_n,
+    modalities=frozenset({"image", "tabular"}),
+    defaults=DEFAULTS, choices=CHOICES, reference=REFERENCE,
+    description="Pearson correlation of subset attribution sums with output drops, random pixel subsets",
+))
+METRICS.add("seg_sensitivity_n", MetricSpec(
+    name="seg_sensitivity_n", family="faithfulness", compute=seg_sensitivity_n,
+    modalities=frozenset({"image"}),
+    defaults=SEG_DEFAULTS, choices={k: v for k, v in CHOICES.items() if k != "pixel_aggregation"},
+    reference=REFERENCE,
+    description="Sensitivity-n over random subsets of SLIC segments scored by their mean attribution",
+))
