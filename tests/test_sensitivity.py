@@ -75,7 +75,7 @@ def sens_reference(case: Case, params: dict[str, Any], segmented: bool) -> dict[
     n = x.shape[0]
     a = attr.double().numpy().reshape(n, x.shape[1] if x.ndim > 2 else 1, -1)
     if segmented:
-        labels = slic_segments(x, params.get("segments", 100), 10.0, True).reshape(n, -1).numpy()
+        labels = slic_segments(x, params.get("n_segments", 100), 10.0, True).reshape(n, -1).numpy()
         pixel_score = a.mean(1)
         scores = [np.array([pixel_score[i][labels[i] == s].mean() for s in range(labels[i].max() + 1)])
                   for i in range(n)]
@@ -115,7 +115,7 @@ def sens_reference(case: Case, params: dict[str, Any], segmented: bool) -> dict[
     ("sensitivity_n", "cnn3", {"masker": "random", "pixel_aggregation": "max_abs"}),
     ("sensitivity_n", "cnn", {"masker": "blur", "repeats": 2, "activation": "softmax"}),
     ("sensitivity_n", "mlp", {"masker": "random", "min_fraction": 0.2, "max_fraction": 0.9}),
-    ("seg_sensitivity_n", "cnn3", {"masker": "constant", "segments": 20}),
+    ("seg_sensitivity_n", "cnn3", {"masker": "constant", "n_segments": 20}),
     ("seg_sensitivity_n", "cnn", {"masker": "blur", "repeats": 2}),
 ])
 def test_sensitivity_n_matches_loop_reference(name: str, kind: str, params: dict[str, Any]) -> None:
@@ -188,7 +188,7 @@ def test_segment_attribution_of_a_linear_model_scores_one() -> None:
         weight = (c[i][ids] / sizes[ids])[None].expand(3, -1, -1) / (3 * x[i])
         attribution = c[i][ids][None].expand(3, -1, -1)[None]
         case = (linear_image_model(weight), x[i : i + 1], torch.tensor([0]), attribution.contiguous())
-        got = run("seg_sensitivity_n", case, segments=20, **SMALL)
+        got = run("seg_sensitivity_n", case, n_segments=20, **SMALL)
         one = torch.ones(1, dtype=torch.float64)
         torch.testing.assert_close(got.outputs["sensitivity_n"], one, atol=1e-5, rtol=0)
 
@@ -470,7 +470,7 @@ def test_spec_metadata() -> None:
         assert (spec.defaults["min_fraction"], spec.defaults["max_fraction"]) == (0.1, 0.5)
     assert METRICS.get("sensitivity_n").modalities == {"image", "tabular"}
     assert METRICS.get("seg_sensitivity_n").modalities == {"image"}
-    assert METRICS.get("seg_sensitivity_n").defaults["segments"] == 100
+    assert METRICS.get("seg_sensitivity_n").defaults["n_segments"] == 100
     for name in ("max_sensitivity", "avg_sensitivity"):
         spec = METRICS.get(name)
         assert spec.family == "robustness" and spec.needs_explain and "Yeh" in spec.reference
@@ -481,9 +481,9 @@ def test_spec_metadata() -> None:
     ("sensitivity_n", {"masker": "smudge"}, "smudge"), ("sensitivity_n", {"steps": 0}, "'steps' = 0"),
     ("sensitivity_n", {"subsets": 1}, "'subsets' = 1"), ("sensitivity_n", {"repeats": 0}, "'repeats' = 0"),
     ("sensitivity_n", {"min_fraction": 0.6}, "0.6"), ("sensitivity_n", {"max_fraction": 1.5}, "1.5"),
-    ("sensitivity_n", {"activation": "relu"}, "relu"), ("sensitivity_n", {"segments": 10}, "segments"),
+    ("sensitivity_n", {"activation": "relu"}, "relu"), ("sensitivity_n", {"n_segments": 10}, "n_segments"),
     ("seg_sensitivity_n", {"pixel_aggregation": "mean"}, "pixel_aggregation"),
-    ("seg_sensitivity_n", {"segments": 0}, "'segments' = 0"),
+    ("seg_sensitivity_n", {"n_segments": 0}, "'n_segments' = 0"),
     ("max_sensitivity", {"n_perturbations": 0}, "'n_perturbations' = 0"),
     ("avg_sensitivity", {"radius": -0.5}, "-0.5"), ("avg_sensitivity", {"normalize": "yes"}, "yes"),
 ])

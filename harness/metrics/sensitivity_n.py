@@ -5,7 +5,7 @@ networks", ICLR 2018; attribench: Gevaert et al., Machine Learning 2024,
 ``attribench/functional/metrics/sensitivity_n``), per sample:
 
 1. Units: the P pixels (tabular: features) of the input, each with the pixel score of the attribution (channel
-   mean, or ``max_c |a_c|``); Seg-Sensitivity-n: the S SLIC segments of the image (``segments`` = 100,
+   mean, or ``max_c |a_c|``); Seg-Sensitivity-n: the S SLIC segments of the image (``n_segments`` = 100,
    ``slic_zero``; :func:`harness.segmentation.slic_segments`), each with the mean attribution over its pixels.
 2. Subset sizes: ``n_t = floor(t * U)`` for ``t`` in ``linspace(min_fraction, max_fraction, steps)``
    (attribench: 0.1, 0.5, 10), U the number of units (pixels, or this image's segments).
@@ -57,7 +57,7 @@ COMMON = {
     "masker": "constant", "mask_value": 0.0, "activation": "logits",
 }
 DEFAULTS = MappingProxyType({**COMMON, "pixel_aggregation": "mean"})
-SEG_DEFAULTS = MappingProxyType({**COMMON, "segments": 100, "compactness": 10.0, "slic_zero": True})
+SEG_DEFAULTS = MappingProxyType({**COMMON, "n_segments": 100, "compactness": 10.0, "slic_zero": True})
 CHOICES = MappingProxyType({
     "masker": MASKERS, "activation": ("logits", "softmax"), "pixel_aggregation": ("mean", "max_abs"),
 })
@@ -190,7 +190,7 @@ def seg_sensitivity_n(inputs: MetricInputs, ctx: RunContext, **params: Any) -> M
     check_inputs("seg_sensitivity_n", x, inputs.target, inputs.attributions)
     if x.ndim != 4:
         raise ValueError(f"seg_sensitivity_n: needs images (N, C, H, W), got shape {list(x.shape)}")
-    segments = slic_segments(x, p["segments"], p["compactness"], p["slic_zero"])
+    segments = slic_segments(x, p["n_segments"], p["compactness"], p["slic_zero"])
     pixel_unit = segments.flatten(1)
     units = pixel_unit.amax(1) + 1
     scores = segment_means(inputs.attributions, segments).nan_to_num(0.0) if len(x) else x.new_zeros(0, 1)
@@ -219,7 +219,7 @@ def _result(
 
 def _resolve(name: str, params: dict[str, Any], defaults: MappingProxyType[str, Any]) -> dict[str, Any]:
     p = resolve_params(name, params, defaults, CHOICES)
-    for key, low in (("steps", 1), ("subsets", 2), ("repeats", 1), ("segments", 1)):
+    for key, low in (("steps", 1), ("subsets", 2), ("repeats", 1), ("n_segments", 1)):
         if key in p and p[key] < low:
             raise ParamError(f"{name}: parameter {key!r} = {p[key]!r} must be at least {low}")
     if not 0.0 <= p["min_fraction"] <= p["max_fraction"] <= 1.0:
