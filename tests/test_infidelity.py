@@ -19,30 +19,18 @@ from torch import Tensor, nn
 import harness.metrics  # registers the metrics
 import harness.models  # noqa: F401  (registers the models)
 from harness.metrics.infidelity import PERTURBATIONS, draw_perturbations
-from harness.models.training import build_model
-from harness.specs import METRICS, MODELS, MetricInputs, MetricResult, ParamError, RunContext
+from harness.specs import METRICS, MetricInputs, MetricResult, ParamError, RunContext
+from tests.small_cases import Case
+from tests.small_cases import make_case as small_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest, and steadiest, on one thread
 SEED = 5
 CPU = torch.device("cpu")
 PROPERTIES = settings(max_examples=15, deadline=None)
-Case = tuple[nn.Module, Tensor, Tensor, Tensor]
 
 
 def make_case(kind: str, n: int = 3, seed: int = 0) -> Case:
-    """A random-weight small CNN on (1, 16, 16) images, or an MLP on 10 tabular features."""
-    if kind == "cnn":
-        widths = {"channels": [4, 8], "hidden": 16}
-        model = build_model(MODELS.get("small_cnn"), widths, (1, 16, 16), 10, seed)
-        shape, classes = (n, 1, 16, 16), 10
-    else:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 3))
-        shape, classes = (n, 10), 3
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=g) * 2 - 0.5
-    return model.eval(), x, torch.randint(0, classes, (n,), generator=g), torch.randn(shape, generator=g)
+    return small_case(kind, n, seed)
 
 
 def context(batch_size: int = 256, seed: int = SEED) -> RunContext:

@@ -23,33 +23,15 @@ from harness.metrics.maskers import MASKERS, masked_baseline
 from harness.metrics.rows import target_outputs
 from harness.metrics.sensitivity import draw_noise
 from harness.metrics.sensitivity_n import draw_subsets, pearson_rows
-from harness.models.training import build_model
 from harness.segmentation import slic_segments
-from harness.specs import METRICS, MODELS, MetricInputs, MetricResult, ParamError, RunContext
+from harness.specs import METRICS, MetricInputs, MetricResult, ParamError, RunContext
+from tests.small_cases import Case, make_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest, and steadiest, on one thread
 SEED = 11
 CPU = torch.device("cpu")
 PROPERTIES = settings(max_examples=12, deadline=None)
 SMALL = {"steps": 3, "subsets": 6}
-Case = tuple[nn.Module, Tensor, Tensor, Tensor]
-
-
-def make_case(kind: str, n: int = 2, seed: int = 0) -> Case:
-    """A random-weight small CNN on (C, 16, 16) images, or an MLP on 10 tabular features."""
-    if kind in ("cnn", "cnn3"):
-        channels = 3 if kind == "cnn3" else 1
-        widths = {"channels": [4, 8], "hidden": 16}
-        model = build_model(MODELS.get("small_cnn"), widths, (channels, 16, 16), 10, seed)
-        shape, classes = (n, channels, 16, 16), 10
-    else:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 3))
-        shape, classes = (n, 10), 3
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=g) * 2 - 0.5
-    return model.eval(), x, torch.randint(0, classes, (n,), generator=g), torch.randn(shape, generator=g)
 
 
 def context(batch_size: int = 256, seed: int = SEED) -> RunContext:
