@@ -167,7 +167,12 @@ class MetricInputs:
     ``bundle`` and returns it in eval mode on the device; ``identity`` is plain data naming what the bundle
     is (how it was derived from ``data``) and keys the on-disk cache, so a rerun or resumed run reuses it."""
     explainer: Callable[[nn.Module], Explainer] | None = None
-    """``explainer(model)``: the case's attribution method built for another model (``needs_training``)."""
+    """``explainer(model)``: the case's attribution method built for another model (metrics with
+    ``needs_training`` or ``needs_explain``, e.g. parameter randomisation)."""
+    artifact: Callable[[Mapping[str, Any], Callable[[], Mapping[str, torch.Tensor]]], dict[str, torch.Tensor]] | None = None
+    """``artifact(identity, make)``: tensors derived from the case's trained model (e.g. Impact Coverage's
+    adversarial patches), made once by ``make()`` and cached on disk under the hash of (model spec,
+    ``identity``); ``identity`` is plain data naming everything else that made them (metric, parameters)."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,9 @@ class MetricSpec(Spec):
     needs_truth: bool = False
     needs_training: bool = False
     """The metric retrains models (``MetricInputs.data``, ``fit``, ``explainer``)."""
+    needs_data: bool = False
+    """The metric reads the case's whole data set (``MetricInputs.data``), e.g. to train adversarial patches;
+    every metric gets ``MetricInputs.artifact``."""
     per_sample: bool = True
     """Outputs are per test sample, computed from the stored attributions. False: the outputs' first
     dimension is something else (a repeat), and the metric gets the test split without stored attributions

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +148,23 @@ class Workspace:
         module = fresh()
         module.load_state_dict(load_tensors(path / "weights.pt"))
         return module.to(self.device).eval()
+
+    def artifact(
+        self, case: Case, identity: Mapping[str, Any], make: Callable[[], Mapping[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Tensors derived from the case's trained model by ``make()`` (e.g. adversarial patches), cached on
+        disk under the hash of (model spec, ``identity``) and loaded with ``weights_only``; on the device."""
+        spec = {"model": case.model_spec(), "artifact": dict(identity), "format": MODEL_FORMAT}
+
+        def build(tmp: Path) -> None:
+            tensors = make()
+            if not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+                raise TypeError(f"artifact {identity}: make() must return a mapping of tensors, got "
+                                f"{ {k: type(v).__name__ for k, v in tensors.items()} }")
+            save_tensors(tmp / "tensors.pt", tensors)
+
+        path = self.cache.get_or_build("model_artifacts", spec, build)
+        return {k: v.to(self.device) for k, v in load_tensors(path / "tensors.pt").items()}
 
     # -- attributions -----------------------------------------------------------------------------------
     def attributions(self, case: Case) -> Attributions:

@@ -35,3 +35,15 @@ def one_thread() -> Iterator[None]:
     """Tiny models run fastest, and time most steadily on a shared machine, on one thread."""
     with single_threaded(torch.device("cpu")):
         yield
+
+
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Every test starts from the same global random state, so a failure reproduces on a rerun."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)

@@ -148,14 +148,16 @@ def test_regression_training_reports_r2_and_mae() -> None:
 def test_regression_scores_against_sklearn() -> None:
     from sklearn.metrics import mean_absolute_error, r2_score
 
+    torch.manual_seed(0)
     x = torch.randn(50, 1)
     y = torch.randn(50)
     model = torch.nn.Linear(1, 1)
     r2, mae = regression_scores(model, x, y, 7, CPU)
-    with torch.no_grad():
-        pred = model(x)[:, 0].numpy()
-    assert r2 == pytest.approx(r2_score(y.numpy(), pred)) and mae == pytest.approx(
-        mean_absolute_error(y.numpy(), pred))
+    with torch.no_grad():  # the scores are computed in float64; so is the reference
+        pred = model(x)[:, 0].double().numpy()
+    truth = y.double().numpy()
+    assert r2 == pytest.approx(r2_score(truth, pred), rel=1e-9) and mae == pytest.approx(
+        mean_absolute_error(truth, pred), rel=1e-9)
 
 
 def test_workspace_regression_target_truth_and_derived_models(tmp_path: Path) -> None:
@@ -192,6 +194,23 @@ def test_workspace_regression_target_truth_and_derived_models(tmp_path: Path) ->
         assert calls == [1]  # another identity trains again
     for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_model_artifacts_are_made_once_per_model_and_identity(tmp_path: Path) -> None:
+    case = {case.id: case for case in suite_cases(tmp_path)}["lin-mlp-none-refit"]
+    made: list[int] = []
+
+    def make() -> dict[str, torch.Tensor]:
+        made.append(1)
+        return {"patch": torch.arange(6.0).reshape(2, 3)}
+
+    first = Workspace(Cache(tmp_path / "cache"), CPU).artifact(case, {"metric": "x", "size": 3}, make)
+    again = Workspace(Cache(tmp_path / "cache"), CPU).artifact(case, {"metric": "x", "size": 3}, make)
+    assert made == [1] and torch.equal(first["patch"], again["patch"])
+    Workspace(Cache(tmp_path / "cache"), CPU).artifact(case, {"metric": "x", "size": 4}, make)
+    assert made == [1, 1]  # another identity makes it again
+    with pytest.raises(TypeError, match="mapping of tensors"):
+        Workspace(Cache(tmp_path / "cache"), CPU).artifact(case, {"bad": 1}, lambda: {"a": [1.0]})
 
 
 def test_exclude_patterns_leave_cases_out(tmp_path: Path) -> None:
