@@ -4,6 +4,7 @@ from __future__ import annotations
 from harness.metrics import (  # noqa: F401
     box_iou,
     deletion,
+    faithfulness_correlation,
     infidelity,
     irof,
     localization,
