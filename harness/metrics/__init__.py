@@ -5,6 +5,7 @@ from harness.metrics import (  # noqa: F401
     box_iou,
     deletion,
     faithfulness_correlation,
+    impact_coverage,
     infidelity,
     irof,
     localization,
