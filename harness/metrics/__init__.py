@@ -10,6 +10,7 @@ from harness.metrics import (  # noqa: F401
     irof,
     localization,
     minimal_subset,
+    randomisation,
     selection,
     sensitivity,
     sensitivity_n,
