@@ -130,6 +130,7 @@ def case_payload(
             "test_mae": math.nan if model.test_mae is None else float(model.test_mae),
         },
         "examples": examples(attributions) if per_sample else {},
+        "input_shape": list(attributions.x.shape[1:]) if per_sample else [],
         "device": str(device),
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
     }

@@ -76,6 +76,7 @@ def write_case(path: Path, payload: Mapping[str, Any], status: str, message: str
         group.attrs["bounds"] = json.dumps(payload["bounds"])
         group.attrs["info"] = json.dumps(payload["info"])
         group.attrs["aggregates"] = json.dumps(payload["aggregates"])
+        group.attrs["input_shape"] = json.dumps(payload.get("input_shape", []))  # one sample's; [] unknown
         group.attrs["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for key, value in {**payload["timings"], **{f"model_{k}": v for k, v in payload["trained"].items()}}.items():
             group.attrs[key] = _attr(value)

@@ -90,6 +90,7 @@ def test_runs_cases_and_writes_hdf5_and_report(project: pytest.Pytester) -> None
         assert 0.0 <= case.attrs["model_test_score"] <= 1.0
         assert case["outputs/curve_softmax"].shape == (6, 5) and case["outputs/auc"].shape == (6,)
         assert case["sample_index"][()].tolist() == list(range(6))
+        assert json.loads(case.attrs["input_shape"]) == [1, 8, 8]
         aggregates = json.loads(case.attrs["aggregates"])
         assert aggregates["auc"] == pytest.approx(float(case["outputs/auc"][()].mean()))
     with h5py.File(run / "results.h5") as f:

@@ -116,6 +116,13 @@ def test_image_size_from_cache_then_examples(tmp_path: Path) -> None:
     assert sizes["none"].pixels is None and str(sizes["none"]) == "size unknown"
 
 
+def test_image_size_recorded_with_the_case_comes_first(tmp_path: Path) -> None:
+    cache_shapes(tmp_path / "cache", {"big": (3, 64, 48)})
+    stored = record("big", "saliency", "pix", "sensitivity_n", noisy(0.3, 0.1, 0))
+    stored.attrs["input_shape"] = json.dumps([1, 28, 20])
+    assert image_sizes([stored], tmp_path, tmp_path / "cache") == {"big": ImageSize(28, 20, 1)}
+
+
 def test_verdict_holds() -> None:
     result = verdict([("a", 64, 10.0, 10.0), ("b", 784, 10.0, 30.0), ("c", 4096, 5.0, 50.0)])
     assert result.outcome == HOLDS and "ρ = 1.00" in result.line

@@ -109,9 +109,10 @@ def study_cells(records: Sequence[CaseRecord]) -> list[Cell]:
 def image_sizes(
     records: Sequence[CaseRecord], run_dir: Path, cache_root: Path | None = None
 ) -> dict[str, ImageSize]:
-    """Input size per data set: from the run's cached data set (``x_test``; the cache at ``cache_root``,
+    """Input size per data set: the ``input_shape`` the recorder stores with every per-sample case; for
+    results written before it did, from the run's cached data set (``x_test``; the cache at ``cache_root``,
     default the user cache), else H × W of the stored example maps where the recorder did not pool them
-    (channels unknown), else unknown. The results file itself does not record input shapes."""
+    (channels unknown), else unknown."""
     cache = Cache(cache_root or default_cache_dir())
     try:
         examples = read_examples(run_dir)
@@ -121,6 +122,10 @@ def image_sizes(
     for record in records:
         dataset = record.attrs["dataset"]
         if dataset in out and out[dataset].channels is not None:
+            continue
+        stored = json.loads(record.attrs.get("input_shape") or "[]")
+        if stored:
+            out[dataset] = ImageSize(*stored[-2:], stored[0]) if len(stored) == 3 else ImageSize()
             continue
         spec = json.loads(record.attrs.get("spec") or "{}").get("model", {}).get("dataset")
         data = cache.entry("datasets", spec) / "data.pt" if spec else None
