@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from harness.metrics.perturbation import row_blocks
 from harness.metrics.rows import SampleStreams, check_inputs, original_outputs, row_samples, target_outputs
 from harness.specs import (
     METRICS,
@@ -96,16 +97,40 @@ class Perturbations:
         if self.kind == "gaussian":
             return drawn * self.sigma
         if x_rows is None:
-            x_rows = self.x[row_samples(start, stop, self.per_sample, self.x.device)]
+            x_rows = self.x.index_select(0, row_samples(start, stop, self.per_sample, self.x.device))
         if self.kind == "noisy_baseline":
             return x_rows - drawn * self.sigma
+        return x_rows * self._squares(drawn)
+
+    def write(self, start: int, stop: int, shift: Tensor, rows: Tensor) -> None:
+        """I into ``shift[:count]`` and x - I into ``rows[:count]`` (count = stop - start), the same float
+        operations as :meth:`rows`, with each sample's x broadcast over its rows instead of gathered."""
+        drawn = self.streams.take(start, stop).to(self.x.device)
+        offset, shape = 0, self.x.shape[1:]
+        for b0, b1, s0, s1 in row_blocks(start, stop, self.per_sample):
+            count = (b1 - b0) * (s1 - s0)
+            x = self.x.narrow(0, b0, b1 - b0)[:, None]
+            block = (b1 - b0, s1 - s0, *shape)
+            out = shift.narrow(0, offset, count).view(block)
+            draws = drawn.narrow(0, offset, count)
+            if self.kind == "square":
+                square = self._squares(draws)
+                torch.mul(x, square.view(*block[:2], *square.shape[1:]), out=out)
+            else:
+                torch.mul(draws.view(block), self.sigma, out=out)
+                if self.kind == "noisy_baseline":
+                    torch.sub(x, out, out=out)
+            torch.sub(x, out, out=rows.narrow(0, offset, count).view(block))
+            offset += count
+
+    def _squares(self, corners: Tensor) -> Tensor:
+        """(rows, 1, H, W) masks of the squares with top-left ``corners`` (rows, 2), in x's dtype."""
         height = torch.arange(self.x.shape[2], device=self.x.device)
         width = torch.arange(self.x.shape[3], device=self.x.device)
-        top, left = drawn[:, :1], drawn[:, 1:]
+        top, left = corners[:, :1], corners[:, 1:]
         in_rows = (height >= top) & (height < top + self.side)
         in_cols = (width >= left) & (width < left + self.side)
-        square = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
-        return x_rows * square.to(self.x.dtype)
+        return (in_rows[:, :, None] & in_cols[:, None, :])[:, None].to(self.x.dtype)
 
 
 def draw_perturbations(x: Tensor, ctx: RunContext, **params: Any) -> Tensor:
@@ -132,13 +157,21 @@ def infidelity(inputs: MetricInputs, ctx: RunContext, **params: Any) -> MetricRe
     perturbations = Perturbations(x, ctx, p)
     flat_attr = attr.flatten(1).to(x.dtype)
     dots: list[Tensor] = [x.new_empty(0, dtype=torch.float64)]
+    buffers: list[Tensor] = []
 
     def build(start: int, stop: int) -> Tensor:
-        samples = row_samples(start, stop, p["n_perturbations"], x.device)
-        x_rows = x[samples]
-        shift = perturbations.rows(start, stop, x_rows)
-        dots.append((shift.flatten(1) * flat_attr[samples]).sum(1, dtype=torch.float64))
-        return x_rows - shift
+        count = stop - start
+        if not buffers:  # the first chunk is the largest
+            buffers.extend(x.new_empty((count, *x.shape[1:])) for _ in range(2))
+        shift, rows = (buffer[:count] for buffer in buffers)
+        perturbations.write(start, stop, shift, rows)
+        products, offset = shift.flatten(1), 0  # I is not needed once x - I is written: multiply in place
+        for b0, b1, s0, s1 in row_blocks(start, stop, p["n_perturbations"]):
+            part = products.narrow(0, offset, (b1 - b0) * (s1 - s0)).view(b1 - b0, s1 - s0, -1)
+            torch.mul(part, flat_attr[b0:b1, None], out=part)
+            dots.append(part.sum(-1, dtype=torch.float64).flatten())
+            offset += (b1 - b0) * (s1 - s0)
+        return rows
 
     perturbed = target_outputs(inputs.model, x, inputs.target, p["n_perturbations"], build, ctx)
     original = original_outputs(inputs.model, x, inputs.target, ctx)

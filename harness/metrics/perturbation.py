@@ -179,7 +179,7 @@ class _RowBuilder:
     def build(self, start: int, stop: int) -> Tensor:
         """Rows ``start:stop`` (row = sample * steps + step): one compare and one lerp per block."""
         offset, (_, _, channels, pixels) = 0, self.fill.shape
-        for b0, b1, s0, s1 in _blocks(start, stop, self.ks.shape[1]):
+        for b0, b1, s0, s1 in row_blocks(start, stop, self.ks.shape[1]):
             nb, ns = b1 - b0, s1 - s0
             weight = self.weight.narrow(0, offset, nb * ns).view(nb, ns, 1, pixels)
             torch.lt(self.rank.narrow(0, b0, nb), self.ks.narrow(0, b0, nb).narrow(1, s0, ns), out=weight)
@@ -189,8 +189,9 @@ class _RowBuilder:
         return self.rows[:offset]
 
 
-def _blocks(start: int, stop: int, steps: int) -> list[tuple[int, int, int, int]]:
-    """Split rows ``start:stop`` into at most three rectangles ``(b0, b1, s0, s1)`` of samples x steps."""
+def row_blocks(start: int, stop: int, steps: int) -> list[tuple[int, int, int, int]]:
+    """Split sample-major rows ``start:stop`` (``steps`` rows per sample) into at most three rectangles
+    ``(b0, b1, s0, s1)``: samples ``b0:b1``, rows ``s0:s1`` of each."""
     blocks = []
     sample, step = divmod(start, steps)
     if step:  # the tail of a sample begun in the previous chunk

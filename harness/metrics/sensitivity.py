@@ -90,12 +90,13 @@ def sensitivities(inputs: MetricInputs, ctx: RunContext, p: dict[str, Any]) -> T
     for start in range(0, total, chunk):
         stop = min(total, start + chunk)
         samples = row_samples(start, stop, per_sample, x.device)
-        rows = x[samples] + streams.take(start, stop).to(x.device)
+        rows = x.index_select(0, samples) + streams.take(start, stop).to(x.device)
         moved = explain(rows, inputs.target[samples]).detach().to(x.device)
         if moved.shape != rows.shape:
             raise ValueError(f"max/avg_sensitivity: explain returned shape {list(moved.shape)} for inputs "
                              f"{list(rows.shape)}")
-        out.append(torch.linalg.vector_norm(normalized(moved, p["normalize"]) - reference[samples], dim=1))
+        moved = normalized(moved, p["normalize"]) - reference.index_select(0, samples)
+        out.append(torch.linalg.vector_norm(moved, dim=1))
     return torch.cat(out).reshape(x.shape[0], per_sample)
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from harness.metrics.maskers import MASKERS, masked_baseline
-from harness.metrics.perturbation import as_pixels, pixel_scores
+from harness.metrics.perturbation import as_pixels, pixel_scores, row_blocks
 from harness.metrics.rows import SampleStreams, check_inputs, original_outputs, row_samples, target_outputs
 from harness.segmentation import segment_means, slic_segments
 from harness.specs import (
@@ -102,14 +102,19 @@ class Subsets:
             lambda sample, g, k: _permutations(counts[sample], width, g, k),
         )
 
-    def weights(self, start: int, stop: int) -> Tensor:
-        """(rows, width) bool: the chosen units of every row."""
+    def fill_weights(self, start: int, stop: int, out: Tensor) -> Tensor:
+        """The chosen units of every row as 0 / 1 in ``out[:rows]`` (rows, width; any dtype); returns it."""
         device = self.units.device
-        order = self.streams.take(start, stop).to(device).long()
+        order = self.streams.take(start, stop).to(device)
         rows = torch.arange(start, stop, device=device)
         n = self.sizes[rows // self.per_sample, rows // self.subsets % self.steps]
         first = torch.arange(self.width, device=device) < n[:, None]
-        return torch.zeros_like(first).scatter_(1, order, first)
+        return out[: stop - start].zero_().scatter_(1, order, first.to(out.dtype))
+
+    def weights(self, start: int, stop: int) -> Tensor:
+        """(rows, width) bool: the chosen units of every row."""
+        out = torch.empty((stop - start, self.width), dtype=torch.bool, device=self.units.device)
+        return self.fill_weights(start, stop, out)
 
     def draw(self) -> Tensor:
         """All weights, (N, repeats * steps * subsets, width) bool."""
@@ -118,10 +123,11 @@ class Subsets:
 
 
 def _permutations(count: int, width: int, g: torch.Generator, k: int) -> Tensor:
-    """``k`` rows (k, width) int32: a random permutation of ``0..count-1``, then ``count..width-1``."""
-    out = torch.arange(width, dtype=torch.int32).repeat(k, 1)
+    """``k`` rows (k, width) int64 (``scatter``'s index type; ``randperm`` draws the same numbers for every
+    integer dtype): a random permutation of ``0..count-1``, then ``count..width-1``."""
+    out = torch.arange(width).repeat(k, 1)
     for row in out:
-        torch.randperm(count, generator=g, dtype=torch.int32, out=row[:count])
+        torch.randperm(count, generator=g, out=row[:count])
     return out
 
 
@@ -145,30 +151,73 @@ def subset_correlations(
     x = inputs.x
     n = x.shape[0]
     subsets = Subsets(units, scores.shape[1], p, ctx)
-    keep = as_pixels(x)
-    fill = as_pixels(masked_baseline(x, p["masker"], ctx.generator(), value=p["mask_value"]))
-    scores = scores.double()
-    sums: list[Tensor] = [scores.new_empty(0)]
+    fill = masked_baseline(x, p["masker"], ctx.generator(), value=p["mask_value"])
+    rows = _SubsetRows(subsets, as_pixels(x), as_pixels(fill), scores, pixel_unit)
 
     def build(start: int, stop: int) -> Tensor:
-        samples = row_samples(start, stop, subsets.per_sample, x.device)
-        chosen = subsets.weights(start, stop)
-        sums.append((chosen * scores[samples]).sum(1))
-        if pixel_unit is not None:
-            chosen = chosen.gather(1, pixel_unit[samples])
-        rows = torch.lerp(keep[samples], fill[samples], chosen[:, None, :].to(x.dtype))
-        return rows.view(stop - start, *x.shape[1:])
+        return rows.build(start, stop).view(stop - start, *x.shape[1:])
 
     masked = target_outputs(inputs.model, x, inputs.target, subsets.per_sample, build, ctx, copies=6)
     original = original_outputs(inputs.model, x, inputs.target, ctx)
     shape = (n, p["repeats"], p["steps"], p["subsets"])
-    attribution_sums = torch.cat(sums).reshape(shape).clone()
+    attribution_sums = torch.cat(rows.sums).reshape(shape).clone()
     correlations = {
         activation: pearson_rows(attribution_sums, (before.double() - after.double()).reshape(shape))
         for activation, before, after in (("logits", original.logits, masked.logits),
                                           ("softmax", original.softmax, masked.softmax))
     }
     return correlations, masked.forward_passes + original.forward_passes
+
+
+class _SubsetRows:
+    """Masked rows ``lerp(keep, fill, w)`` (w = 1 on the chosen units' pixels) and the rows' attribution sums
+    ``sum_i w_i score_i``, written into buffers allocated for the first (largest) chunk and reused.
+
+    Weights are 0 / 1 in the scores' dtype, so every product is exact, and summed in float64: float32 scores
+    (and so equal subset sums of a constant map) add up exactly in any order. ``lerp`` with a 0 / 1 weight
+    returns ``keep`` or ``fill`` exactly. Each sample's ``keep`` / ``fill`` / scores broadcast over its rows
+    (:func:`row_blocks`), so nothing is gathered per row.
+    """
+
+    def __init__(
+        self, subsets: Subsets, keep: Tensor, fill: Tensor, scores: Tensor, pixel_unit: Tensor | None
+    ):
+        self.subsets, self.keep, self.fill, self.pixel_unit = subsets, keep, fill, pixel_unit
+        self.scores = scores if scores.is_floating_point() else scores.double()
+        self.sums: list[Tensor] = [self.scores.new_empty(0, dtype=torch.float64)]
+        self.buffers: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def build(self, start: int, stop: int) -> Tensor:
+        count, per, (_, channels, pixels) = stop - start, self.subsets.per_sample, self.keep.shape
+        unit_weight, pixel_weight, rows = self.buffers or self._allocate(count)
+        units = self.subsets.fill_weights(start, stop, unit_weight)
+        if self.pixel_unit is not None:
+            index = self.pixel_unit.index_select(0, row_samples(start, stop, per, units.device))
+            pixel_weight[:count, 0].copy_(units.gather(1, index))
+        elif pixel_weight.data_ptr() != unit_weight.data_ptr():
+            pixel_weight[:count, 0].copy_(units)
+        offset = 0
+        for b0, b1, s0, s1 in row_blocks(start, stop, per):
+            nb, ns = b1 - b0, s1 - s0
+            chosen = torch.mul(units.narrow(0, offset, nb * ns).view(nb, ns, -1), self.scores[b0:b1, None])
+            self.sums.append(chosen.sum(-1, dtype=torch.float64).flatten())
+            weight = pixel_weight.narrow(0, offset, nb * ns).view(nb, ns, 1, pixels)
+            out = rows.narrow(0, offset, nb * ns).view(nb, ns, channels, pixels)
+            torch.lerp(self.keep[b0:b1, None], self.fill[b0:b1, None], weight, out=out)
+            offset += nb * ns
+        return rows[:count]
+
+    def _allocate(self, count: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(unit weights (chunk, width), pixel weights (chunk, 1, P): the same memory where the units are the
+        pixels and the dtypes agree, rows (chunk, C, P))."""
+        width, (_, channels, pixels) = self.subsets.width, self.keep.shape
+        unit_weight = self.scores.new_empty((count, width))
+        if self.pixel_unit is None and self.scores.dtype == self.keep.dtype:
+            pixel_weight = unit_weight.view(count, 1, width)
+        else:
+            pixel_weight = self.keep.new_empty((count, 1, pixels))
+        self.buffers = (unit_weight, pixel_weight, self.keep.new_empty((count, channels, pixels)))
+        return self.buffers
 
 
 def sensitivity_n(inputs: MetricInputs, ctx: RunContext, **params: Any) -> MetricResult:
