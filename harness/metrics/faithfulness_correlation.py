@@ -30,14 +30,12 @@ depend on the batch, chunking or device.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from harness.metrics import sensitivity_n
 from harness.metrics.perturbation import as_pixels, pixel_scores
 from harness.metrics.rows import check_inputs
 from harness.metrics.sensitivity_n import CHOICES, Subsets, subset_correlations
@@ -64,19 +62,6 @@ OFFSET = 0xFC0E
 """``ctx.generator`` offset of the subset streams (the random masker uses offset 0, as deletion does)."""
 
 
-@dataclass(frozen=True)
-class _OwnStreams(RunContext):
-    """The run context with sensitivity-n's subset offset mapped to :data:`OFFSET` (and no other change), so
-    the shared machinery draws this metric's own subsets."""
-
-    def generator(self, offset: int = 0) -> torch.Generator:
-        return super().generator(OFFSET if offset == sensitivity_n.OFFSET else offset)
-
-
-def _own_streams(ctx: RunContext) -> RunContext:
-    return _OwnStreams(**{f.name: getattr(ctx, f.name) for f in fields(ctx)})
-
-
 def _sensitivity_params(p: dict[str, Any], units: int) -> dict[str, Any]:
     """Sensitivity-n parameters of one subset size ``subset_size`` (``floor(t * units)`` with
     ``t = subset_size / units`` is exactly ``subset_size``: the machinery adds a 1e-9 slack)."""
@@ -90,7 +75,7 @@ def draw_subsets(units: int, n: int, ctx: RunContext, **params: Any) -> Tensor:
     bool."""
     p = _resolve(params, units)
     counts = torch.full((n,), units, dtype=torch.long)
-    return Subsets(counts, units, _sensitivity_params(p, units), _own_streams(ctx)).draw()
+    return Subsets(counts, units, _sensitivity_params(p, units), ctx, OFFSET).draw()
 
 
 def faithfulness_correlation(inputs: MetricInputs, ctx: RunContext, **params: Any) -> MetricResult:
@@ -102,7 +87,7 @@ def faithfulness_correlation(inputs: MetricInputs, ctx: RunContext, **params: An
     scores = pixel_scores(inputs.attributions, p["pixel_aggregation"])
     units = torch.full((x.shape[0],), width, dtype=torch.long, device=x.device)
     correlations, passes = subset_correlations(
-        inputs, _own_streams(ctx), _sensitivity_params(p, width), scores, None, units
+        inputs, ctx, _sensitivity_params(p, width), scores, None, units, OFFSET
     )
     outputs = {f"{NAME}_{activation}": value[:, 0, 0] for activation, value in correlations.items()}
     outputs = {NAME: outputs[f"{NAME}_{p['activation']}"], **outputs}

@@ -90,15 +90,16 @@ class Subsets:
     """Unit weights of rows ``start:stop`` (row = ((sample * repeats + repeat) * steps + step) * subsets +
     subset): a uniform random subset of ``sizes[sample, step]`` of the sample's ``units`` units, the first
     ``n`` entries of a random permutation (``torch.randperm`` per row, on the CPU; about as fast as drawing
-    one random key per unit, and it needs no sort). Units past a sample's own count are never chosen."""
+    one random key per unit, and it needs no sort). Units past a sample's own count are never chosen.
+    ``offset``: the ``ctx.generator`` offset of the streams (another metric drawing its own subsets)."""
 
-    def __init__(self, units: Tensor, width: int, p: dict[str, Any], ctx: RunContext):
+    def __init__(self, units: Tensor, width: int, p: dict[str, Any], ctx: RunContext, offset: int = OFFSET):
         self.units, self.sizes, self.width = units, subset_sizes(units, p), width
         self.steps, self.subsets = p["steps"], p["subsets"]
         self.per_sample = p["repeats"] * self.steps * self.subsets
         counts = units.tolist()
         self.streams = SampleStreams(
-            ctx, OFFSET, units.shape[0], self.per_sample, width,
+            ctx, offset, units.shape[0], self.per_sample, width,
             lambda sample, g, k: _permutations(counts[sample], width, g, k),
         )
 
@@ -142,7 +143,7 @@ def draw_subsets(
 
 def subset_correlations(
     inputs: MetricInputs, ctx: RunContext, p: dict[str, Any], scores: Tensor, pixel_unit: Tensor | None,
-    units: Tensor,
+    units: Tensor, offset: int = OFFSET,
 ) -> tuple[dict[str, Tensor], int]:
     """Per-size correlations (N, repeats, steps) for each activation, and the forward passes.
 
@@ -150,7 +151,7 @@ def subset_correlations(
     ``pixel_unit`` (N, P) the unit of every pixel (``None``: the units are the pixels)."""
     x = inputs.x
     n = x.shape[0]
-    subsets = Subsets(units, scores.shape[1], p, ctx)
+    subsets = Subsets(units, scores.shape[1], p, ctx, offset)
     fill = masked_baseline(x, p["masker"], ctx.generator(), value=p["mask_value"])
     rows = _SubsetRows(subsets, as_pixels(x), as_pixels(fill), scores, pixel_unit)
 
