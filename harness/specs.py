@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -110,6 +111,10 @@ class DataBundle:
     mask_test: torch.Tensor | None = None
     task: str = "classification"
     truth_test: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    groups_test: torch.Tensor | None = None
+    """Recording (song, file) of every test sample, for data sets whose test samples are consecutive frames
+    of longer recordings (the singing-voice task): samples of a group are contiguous and in time order, so
+    frame-level predictions can be median-filtered within a recording."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -128,6 +133,8 @@ class DataBundle:
             out["mask_test"] = self.mask_test
         for kind, values in self.truth_test.items():
             out[f"truth_{kind}"] = values
+        if self.groups_test is not None:
+            out["groups_test"] = self.groups_test
         return out
 
     @classmethod
@@ -137,7 +144,7 @@ class DataBundle:
         return cls(
             x_train=arrays["x_train"], y_train=arrays["y_train"], x_test=arrays["x_test"],
             y_test=arrays["y_test"], num_classes=int(arrays["num_classes"]), mask_test=arrays.get("mask_test"),
-            task=task, truth_test=truths,
+            task=task, truth_test=truths, groups_test=arrays.get("groups_test"),
         )
 
 
@@ -162,10 +169,11 @@ class MetricInputs:
     metrics with ``needs_truth``."""
     data: DataBundle | None = None
     """The case's whole data set, for metrics with ``needs_training`` (they retrain models on altered data)."""
-    fit: Callable[[DataBundle, Mapping[str, Any]], nn.Module] | None = None
-    """``fit(bundle, identity)`` trains a fresh model of the case's architecture and training recipe on
-    ``bundle`` and returns it in eval mode on the device; ``identity`` is plain data naming what the bundle
-    is (how it was derived from ``data``) and keys the on-disk cache, so a rerun or resumed run reuses it."""
+    fit: Callable[..., nn.Module] | None = None
+    """``fit(bundle, identity, repeat=0)`` trains a fresh model of the case's architecture and training recipe
+    on ``bundle`` and returns it in eval mode on the device; ``identity`` is plain data naming what the bundle
+    is (how it was derived from ``data``) and keys the on-disk cache, so a rerun or resumed run reuses it.
+    ``repeat`` r > 0 trains from another seed (initial weights and batch order) derived from (seed, r)."""
     explainer: Callable[[nn.Module], Explainer] | None = None
     """``explainer(model)``: the case's attribution method built for another model (metrics with
     ``needs_training`` or ``needs_explain``, e.g. parameter randomisation)."""
@@ -173,6 +181,13 @@ class MetricInputs:
     """``artifact(identity, make)``: tensors derived from the case's trained model (e.g. Impact Coverage's
     adversarial patches), made once by ``make()`` and cached on disk under the hash of (model spec,
     ``identity``); ``identity`` is plain data naming everything else that made them (metric, parameters)."""
+    method: Mapping[str, Any] | None = None
+    """The case's attribution method as plain data (name, parameters, version), or None for a case without
+    one: part of the cache identity of anything a metric derives from the method's attributions."""
+    store: Callable[[Mapping[str, Any], Callable[[Path], None]], Path] | None = None
+    """``store(identity, write)``: a cached folder of files derived from the case's trained model, written once
+    by ``write(folder)`` (e.g. an HDF5 file of attributions of the whole data set, written chunk by chunk and
+    read back chunk by chunk, never all in memory), keyed like ``artifact``; returns the folder."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +305,6 @@ METHODS: Registry[MethodSpec] = Registry("method")
 METRICS: Registry[MetricSpec] = Registry("metric")
 
 FAMILIES: tuple[str, ...] = (
-    "faithfulness", "localization", "selection", "robustness", "roar", "coverage", "sanity",
+    "faithfulness", "localization", "selection", "robustness", "roar", "loss_gradient", "coverage", "sanity",
 )
 """Metric families; each is a pytest marker and a test module ``cases/test_<family>.py``."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -123,24 +124,27 @@ class Workspace:
         return TrainedModel(module, path.name, report["train_score"], report["test_score"], report["seconds"],
                             report.get("score_name", "accuracy"), report.get("test_mae"))
 
-    def fit(self, case: Case, bundle: DataBundle, identity: Any) -> nn.Module:
+    def fit(self, case: Case, bundle: DataBundle, identity: Any, repeat: int = 0) -> nn.Module:
         """A fresh model of the case's architecture and recipe trained on ``bundle`` (derived from the case's
-        data set as ``identity`` says), cached on disk under the hash of (model spec, identity)."""
+        data set as ``identity`` says), cached on disk under the hash of (model spec, identity, repeat).
+        ``repeat`` 0 trains from the case's seed, r > 0 from :func:`repeat_seed` (seed, r)."""
         from harness.models.training import build_model, train_model
 
+        if repeat < 0:
+            raise ValueError(f"fit: repeat must be at least 0, got {repeat}")
         spec = {"base": case.model_spec(), "derived": identity, "input_shape": list(bundle.input_shape),
-                "format": MODEL_FORMAT}
+                "format": MODEL_FORMAT, **({"repeat": repeat} if repeat else {})}
         model_spec = MODELS.get(case.model.name)
+        seed = repeat_seed(case.seed, repeat)
 
         def fresh() -> nn.Module:
-            return build_model(model_spec, dict(case.model.params), bundle.input_shape, bundle.num_classes,
-                               case.seed)
+            return build_model(model_spec, dict(case.model.params), bundle.input_shape, bundle.num_classes, seed)
 
         def build(tmp: Path) -> None:
             train_log = logging.getLogger(f"harness.train.{case.dataset.key}.{case.model.key}.derived")
             module = fresh()
             with single_threaded(self.device):
-                report = train_model(module, bundle, dict(case.model.training), case.seed, self.device, train_log)
+                report = train_model(module, bundle, dict(case.model.training), seed, self.device, train_log)
             save_json(tmp / "report.json", report.to_dict())
             save_tensors(tmp / "weights.pt", module.state_dict())
 
@@ -165,6 +169,13 @@ class Workspace:
 
         path = self.cache.get_or_build("model_artifacts", spec, build)
         return {k: v.to(self.device) for k, v in load_tensors(path / "tensors.pt").items()}
+
+    def store(self, case: Case, identity: Mapping[str, Any], write: Callable[[Path], None]) -> Path:
+        """A folder of files derived from the case's trained model, written once by ``write(folder)`` and
+        cached under the hash of (model spec, ``identity``); returns the finished folder (read it, never
+        change it)."""
+        spec = {"model": case.model_spec(), "store": dict(identity), "format": MODEL_FORMAT}
+        return self.cache.get_or_build("model_stores", spec, write)
 
     # -- attributions -----------------------------------------------------------------------------------
     def attributions(self, case: Case) -> Attributions:
@@ -222,6 +233,14 @@ class Workspace:
             sample_index=index, mask=mask, seconds=load_json(path / "timing.json")["seconds"],
             truth=truth,
         )
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of repeat ``repeat`` of a retraining: ``seed`` itself for 0, else a 31-bit number drawn by
+    numpy's SeedSequence from (seed, repeat), unrelated to the seeds of other repeats and runs."""
+    if repeat == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, repeat]).generate_state(1)[0] % (2**31))
 
 
 @contextmanager

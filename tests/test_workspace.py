@@ -10,7 +10,7 @@ from harness.cache import Cache
 from harness.cases import Case, expand
 from harness.models import training
 from harness.suite import load_suite
-from harness.workspace import Workspace
+from harness.workspace import Workspace, repeat_seed
 
 SUITE = """
 [suite]
@@ -78,3 +78,36 @@ def test_prediction_target(tmp_path: Path) -> None:
     with torch.inference_mode():
         predicted = workspace.model(case).module(a.x).argmax(1)
     assert torch.equal(a.target, predicted)
+
+
+def test_fit_repeats_train_from_their_own_seed_and_are_cached(tmp_path: Path) -> None:
+    case = cases(tmp_path)[0]
+    workspace = Workspace(Cache(tmp_path / "cache"), torch.device("cpu"))
+    bundle = workspace.dataset(case)
+    trained = workspace.model(case).module.state_dict()
+    zero = workspace.fit(case, bundle, {"derived": "unaltered"})
+    one = workspace.fit(case, bundle, {"derived": "unaltered"}, repeat=1)
+    # repeat 0 on the unaltered data is the case's own model, bit for bit; repeat 1 is another model
+    assert all(torch.equal(trained[k], v) for k, v in zero.state_dict().items())
+    assert not all(torch.equal(trained[k], v) for k, v in one.state_dict().items())
+    again = Workspace(Cache(tmp_path / "cache"), torch.device("cpu")).fit(case, bundle, {"derived": "unaltered"}, 1)
+    assert all(torch.equal(one.state_dict()[k], v) for k, v in again.state_dict().items())
+    assert len(list((tmp_path / "cache" / "derived_models").glob("*/spec.json"))) == 2
+    assert repeat_seed(0, 0) == 0 and len({repeat_seed(0, r) for r in range(1, 50)}) == 49
+    with pytest.raises(ValueError, match="repeat"):
+        workspace.fit(case, bundle, {}, repeat=-1)
+
+
+def test_store_is_written_once_per_identity(tmp_path: Path) -> None:
+    case = cases(tmp_path)[0]
+    workspace = Workspace(Cache(tmp_path / "cache"), torch.device("cpu"))
+    calls: list[str] = []
+
+    def write(folder: Path) -> None:
+        calls.append(folder.name)
+        (folder / "data.txt").write_text("x")
+
+    first = workspace.store(case, {"what": "a"}, write)
+    assert (first / "data.txt").read_text() == "x"
+    assert workspace.store(case, {"what": "a"}, write) == first and len(calls) == 1
+    assert workspace.store(case, {"what": "b"}, write) != first and len(calls) == 2

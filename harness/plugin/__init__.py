@@ -40,6 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         _share_cores()
     state = config.stash[STATE] = create_state(config)
+    if state.suite.name not in suite_names(config):  # a suite given by path, outside the suites folder
+        config.addinivalue_line("markers", f"{state.suite.name}: cases of the suite {state.suite.path}")
     for marker in state.suite.settings["markers"]:
         config.addinivalue_line("markers", f"{marker}: set by suite {state.suite.name}")
     if state.is_controller:
