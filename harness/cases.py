@@ -98,7 +98,7 @@ def expand(suite: Suite, family: str | None = None) -> list[Case]:
     """Every compatible case of ``suite`` (of one metric ``family`` if given), in suite order; a metric
     that uses no method gets one case per (data set, model) with the method ``none``, after the others.
     Cases whose id matches a pattern of the suite's ``exclude`` list (``fnmatch``, case-sensitive) are left
-    out."""
+    out, and so are cases whose id matches none of the ``only`` patterns of one of their entries."""
     cases: list[Case] = []
     for dataset in suite.datasets:
         for model in suite.models:
@@ -112,4 +112,6 @@ def expand(suite: Suite, family: str | None = None) -> list[Case]:
             cases += [Case(suite, dataset, model, NO_METHOD, metric)
                       for metric in free if compatible(dataset, model, NO_METHOD, metric)]
     exclude = suite.settings["exclude"]
-    return [case for case in cases if not any(fnmatchcase(case.id, pattern) for pattern in exclude)]
+    return [case for case in cases if not any(fnmatchcase(case.id, pattern) for pattern in exclude)
+            and all(any(fnmatchcase(case.id, pattern) for pattern in entry.only)
+                    for entry in (case.dataset, case.model, case.method, case.metric) if entry.only)]

@@ -25,6 +25,8 @@ whose key is the *instance name* used in case ids, with an optional field naming
     [metrics.deletion_morf]
     metric = "deletion"
     order = "morf"
+    [metrics.roar]
+    only = ["digits-cnn-*"]   # case-id patterns (fnmatch): this entry joins only the cases matching one
 
 Every problem (unknown key or name, wrong type, missing field) raises :class:`SuiteError` naming the file, the
 key and the valid choices.
@@ -78,6 +80,9 @@ class Entry:
     name: str
     params: Mapping[str, Any]
     training: Mapping[str, Any] = field(default_factory=dict)
+    only: tuple[str, ...] = ()
+    """Case-id patterns (fnmatch); if given, the entry joins only cases whose id matches one of them. Not part
+    of the spec: it selects cases, it does not change their numbers."""
 
     def spec(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "params": dict(self.params)}
@@ -200,11 +205,14 @@ def _entry(section: str, key: str, value: Any, path: Path) -> Entry:
     training: dict[str, Any] = {}
     if section == "models":
         training = _training(params.pop("training", {}), where)
+    only = params.pop("only", [])
+    if not isinstance(only, list) or not all(isinstance(v, str) for v in only):
+        raise SuiteError(f"{where}: only must be a list of case-id patterns (strings), got {only!r}")
     try:
         resolved = resolve_params(where, params, spec.defaults, spec.choices)
     except ParamError as exc:
         raise SuiteError(str(exc)) from None
-    return Entry(key=key, name=name, params=resolved, training=training)
+    return Entry(key=key, name=name, params=resolved, training=training, only=tuple(only))
 
 
 def _training(table: Any, where: str) -> dict[str, Any]:

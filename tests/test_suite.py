@@ -142,3 +142,21 @@ def test_shipped_suites_are_valid(name: str) -> None:
 ])
 def test_suite_named_in_marker_expression(expr: str, expected: list[str]) -> None:
     assert suites_named_in(expr, ["default", "smoke"]) == expected
+
+
+def test_only_patterns_restrict_an_entry_to_matching_cases(tmp_path: Path) -> None:
+    path = tmp_path / "only.toml"
+    path.write_text(GOOD.replace('order = "lerf"', 'order = "lerf"\nonly = ["digits-*"]')
+                    .replace('n_steps = 4', 'n_steps = 4\nonly = ["*-deletion"]'))
+    suite = load_suite(path)
+    ids = {case.id for case in expand(suite)}
+    assert "digits-mlp-saliency-insertion_lerf" in ids and "digits-mlp-ig-deletion" in ids
+    assert "pasted-mlp-saliency-insertion_lerf" not in ids and "digits-mlp-ig-insertion_lerf" not in ids
+    assert "pasted-mlp-saliency-deletion" in ids
+    plain = tmp_path / "plain.toml"
+    plain.write_text(GOOD)
+    keys = {c.id: c.key() for c in expand(load_suite(plain))}
+    assert all(keys[c.id] == c.key() for c in expand(suite))  # `only` selects cases, it is not in their key
+    path.write_text(GOOD.replace('order = "lerf"', 'order = "lerf"\nonly = "digits-*"'))
+    with pytest.raises(SuiteError, match=r"\[metrics.insertion_lerf\]: only must be a list"):
+        load_suite(path)
