@@ -13,6 +13,7 @@ from tabulate import tabulate
 from harness.report.attribench import attribench_sections
 from harness.report.figures import example_grid
 from harness.report.ground_truth import condition_tables, reproduction_section, selection_section
+from harness.report.roar import roar_sections
 from harness.report.snr import snr_section
 from harness.report.stats import bootstrap_mean_ci
 from harness.store import CaseRecord, read_examples, read_run
@@ -196,6 +197,7 @@ def write_report(path: Path | str) -> Path:
     figures = write_figures(run_dir, env, passed)
     statistics = attribench_sections(suite_order(env, passed), run_dir)
     statistics += snr_section(suite_order(env, passed), run_dir)  # Sensitivity-n SNR study (report/snr.py)
+    statistics += roar_sections(suite_order(env, passed), run_dir)  # removal studies (report/roar.py)
     out = run_dir / "report.md"
     out.write_text(render(env, records, figures, statistics))
     return out
