@@ -9,6 +9,7 @@ import pytest
 import torch
 from captum.attr import DeepLift
 from torch import nn
+from torch.nn import functional as F
 
 import harness.data  # registers the datasets
 import harness.models  # noqa: F401  (registers the models)
@@ -194,7 +195,54 @@ def test_bad_training_settings_are_rejected(digits: DataBundle) -> None:
     model = build_model(MODELS.get("mlp"), {}, digits.input_shape, 10, 0)
     with pytest.raises(ParamError, match="choices"):
         train_model(model, digits, {"optimizer": "lbfgs"}, 0, CPU, LOG)
-    assert set(TRAINING_DEFAULTS) == {"epochs", "lr", "batch_size", "optimizer", "weight_decay"}
+    assert set(TRAINING_DEFAULTS) == {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "lr_gamma"}
+    for gamma in (0.0, -0.5):
+        with pytest.raises(ParamError, match=f"lr_gamma = {gamma} must be > 0"):
+            train_model(model, digits, {"lr_gamma": gamma}, 0, CPU, LOG)
+
+
+def reference_training(model: nn.Module, bundle: DataBundle, optimizer: torch.optim.Optimizer, seed: int,
+                       epochs: int, batch_size: int, gamma: float | None) -> None:
+    """The training loop written out: seeded shuffles, cross-entropy steps, then lr *= gamma after every epoch
+    (no schedule at all for gamma None: the loop before ``lr_gamma`` existed)."""
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(bundle.y_train), generator=generator)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            loss = F.cross_entropy(model(bundle.x_train[batch]), bundle.y_train[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] if gamma is None else group["lr"] * gamma
+
+
+def test_lr_gamma_one_is_the_unscheduled_training(digits: DataBundle) -> None:
+    """lr_gamma 1.0 (the default) trains exactly as before the schedule existed: bitwise the same weights."""
+    ours, plain = (build_model(MODELS.get("small_cnn"), {}, digits.input_shape, 10, 3) for _ in range(2))
+    train_model(ours, digits, {"epochs": 2, "optimizer": "adam", "lr_gamma": 1.0}, 11, CPU, LOG)
+    reference_training(plain, digits, torch.optim.Adam(plain.parameters(), lr=1e-3), 11, 2, 64, None)
+    assert states_equal(ours, plain)
+
+
+def test_lr_gamma_decays_the_learning_rate_every_epoch(digits: DataBundle,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """StepLR(step_size=1, gamma): epoch e trains at lr * gamma ** (e - 1) (the loss-gradient study's
+    recipe)."""
+    ours, plain = (build_model(MODELS.get("mlp"), {"hidden": [32]}, digits.input_shape, 10, 4)
+                   for _ in range(2))
+    settings = {"epochs": 3, "optimizer": "adadelta", "lr": 1.0, "lr_gamma": 0.5, "batch_size": 100}
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        train_model(ours, digits, settings, 2, CPU, LOG)
+    lines = [r.getMessage() for r in caplog.records if r.name == LOG.name]
+    assert [line.split(" lr ")[1].split()[0] for line in lines] == ["1", "0.5", "0.25"]
+    reference_training(plain, digits, torch.optim.Adadelta(plain.parameters(), lr=1.0), 2, 3, 100, 0.5)
+    assert states_equal(ours, plain)
+    constant = build_model(MODELS.get("mlp"), {"hidden": [32]}, digits.input_shape, 10, 4)
+    train_model(constant, digits, {**settings, "lr_gamma": 1.0}, 2, CPU, LOG)
+    assert not states_equal(ours, constant)
 
 
 def test_train_report_round_trips_through_json() -> None:

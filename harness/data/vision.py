@@ -10,10 +10,13 @@ Common parameters: ``data_root``; ``n_train`` / ``n_test``: images drawn uniform
 seed from the train / test split (0 = the whole split, in a seeded random order); ``size``: output side (0 =
 native); ``normalisation``: ``"attribench"`` = ``(x - mean) / std`` per channel with the constants attribench
 uses (:data:`NORMALISATION`, from ``lib/dataset_models.py`` of github arnegevaert/benchmark-general-imaging),
-``"none"`` = intensities in [0, 1]. Images become float32 (N, C, size, size); of the large sets only the drawn
-images are decoded. Resizing: the short side to ``round(size / crop)`` (bilinear, antialiased when shrinking;
-the long side scaled alike), then the centre ``size`` x ``size`` crop. attribench's ImageNet and Places365
-recipe (resize 256, centre crop 224) is ``size`` 224 with ``crop`` 0.875: the defaults of those sets here.
+``"none"`` = intensities in [0, 1]; ``classes``: the classes kept, in both splits, relabelled 0..k-1 in the
+given order (``[0, 1]`` = the binary MNIST 0/1 of the loss-gradient study, arXiv 2207.07769; ``[]`` = all),
+chosen before ``n_train`` / ``n_test`` are drawn. Images become float32 (N, C, size, size); of the large sets
+only the drawn images are decoded. Resizing: the short side to ``round(size / crop)`` (bilinear, antialiased
+when shrinking; the long side scaled alike), then the centre ``size`` x ``size`` crop. attribench's ImageNet
+and Places365 recipe (resize 256, centre crop 224) is ``size`` 224 with ``crop`` 0.875: the defaults of those
+sets here.
 """
 from __future__ import annotations
 
@@ -267,6 +270,26 @@ def _take(rng: np.random.Generator, split: Split, n: int, key: str, name: str) -
     return rng.permutation(len(split.labels))[: n or None]
 
 
+def _select(split: Split, lookup: np.ndarray) -> Split:
+    """The images whose class ``lookup`` maps to >= 0, in their order, relabelled through ``lookup``."""
+    kept = split.subset(np.flatnonzero(lookup[split.labels] >= 0))
+    return Split(lookup[kept.labels], kept.read)
+
+
+def _classes(name: str, loader: Loader, classes: list[int]) -> np.ndarray:
+    """Old class -> new class (-1: dropped) for the ``classes`` parameter; ParamError on a bad entry."""
+    valid = f"valid classes: distinct integers 0..{loader.num_classes - 1}, at least 2 ([] = all)"
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < loader.num_classes:
+            raise ParamError(f"dataset {name}: classes = {list(classes)!r}: {c!r} is not a class; {valid}")
+    if len(set(classes)) != len(classes) or len(classes) == 1:
+        raise ParamError(f"dataset {name}: classes = {list(classes)!r} is not valid; {valid}")
+    order = list(classes) or list(range(loader.num_classes))
+    lookup = np.full(loader.num_classes, -1, dtype=np.int64)
+    lookup[order] = np.arange(len(order))
+    return lookup
+
+
 def _check(name: str, loader: Loader, params: Params) -> None:
     for key in ("n_train", "n_test", "size"):
         if params[key] < 0:
@@ -282,7 +305,11 @@ def build_vision(name: str, seed: int, **params: Any) -> DataBundle:
     """``name``'s train and test subsets drawn by ``seed``, resized, as float32 tensors, normalised."""
     loader = LOADERS[name]
     _check(name, loader, params)
+    classes = params.get("classes", [])
+    lookup = _classes(name, loader, classes)
     splits = _splits(name, loader, seed, params)
+    if classes:
+        splits = (_select(splits[0], lookup), _select(splits[1], lookup))
     rng = np.random.default_rng(seed)
     keys = ("n_train", "n_test")
     chosen = [_take(rng, s, params[key], key, name) for s, key in zip(splits, keys, strict=True)]
@@ -292,7 +319,7 @@ def build_vision(name: str, seed: int, **params: Any) -> DataBundle:
         mean, std = (torch.tensor(v).view(-1, 1, 1) for v in NORMALISATION[name])
         x_train, x_test = x_train.sub_(mean).div_(std), x_test.sub_(mean).div_(std)
     y_train, y_test = (torch.from_numpy(s.labels[index]) for s, index in zip(splits, chosen, strict=True))
-    return DataBundle(x_train, y_train, x_test, y_test, loader.num_classes)
+    return DataBundle(x_train, y_train, x_test, y_test, len(classes) or loader.num_classes)
 
 
 # ---- registration -----------------------------------------------------------------------------------------
@@ -317,7 +344,8 @@ def _description(name: str) -> str:
         f"{LOADERS[name].about}. {LOADERS[name].num_classes} classes. n_train / n_test images drawn by "
         "the seed (0 = all); size: short side to round(size / crop), bilinear (antialiased when shrinking), "
         "centre crop size x size (0 = native); float32 (N, C, H, W); normalisation attribench = "
-        f"(x - mean) / std with mean {mean}, std {std} (attribench's lib/dataset_models.py), none = [0, 1]. "
+        f"(x - mean) / std with mean {mean}, std {std} (attribench's lib/dataset_models.py), none = [0, 1]; "
+        "classes: the classes kept in both splits, relabelled 0..k-1 in that order (e.g. [0, 1]; [] = all). "
         "Nothing is downloaded: a missing data set raises FileNotFoundError naming the path and the "
         "torchvision call that fetches it."
     )
@@ -330,7 +358,7 @@ for _name, _defaults in DEFAULTS.items():
             name=_name,
             build=partial(build_vision, _name),
             modality="image",
-            defaults={"data_root": "", "normalisation": "attribench", **_defaults},
+            defaults={"data_root": "", "normalisation": "attribench", "classes": [], **_defaults},
             choices={key: CHOICES[key] for key in ("normalisation", *_defaults) if key in CHOICES},
             description=_description(_name),
         ),

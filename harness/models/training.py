@@ -2,34 +2,48 @@
 
 Determinism: weights are initialised inside ``torch.random.fork_rng`` from ``seed`` (the global RNG is left
 untouched) and batches are shuffled by a seeded CPU ``torch.Generator``, so on the CPU the same seed gives
-bitwise-identical weights.
+bitwise-identical weights. Dropout masks are drawn from the global RNG of the training device, which
+:func:`train_model` seeds from ``seed`` inside ``fork_rng`` too.
 """
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.specs import DataBundle, ModelSpec, resolve_params
+from harness.specs import DataBundle, ModelSpec, ParamError, resolve_params
 
 TRAINING_DEFAULTS: dict[str, Any] = {
-    "epochs": 10, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", "weight_decay": 0.0,
+    "epochs": 10, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", "weight_decay": 0.0, "lr_gamma": 1.0,
 }
-TRAINING_CHOICES: dict[str, tuple[Any, ...]] = {"optimizer": ("adam", "adamw", "sgd")}
+"""Training settings (a suite's ``[models.<key>.training]`` table) and their defaults.
+
+``epochs``: passes over the shuffled training set; ``batch_size``: rows per step (>= the training set size
+is full-batch training); ``optimizer`` (:data:`OPTIMIZERS`) with ``lr`` and ``weight_decay``; ``lr_gamma``:
+after every epoch the learning rate is multiplied by it (PyTorch's ``StepLR(step_size=1, gamma=lr_gamma)``;
+1.0 = constant, bitwise the same training as without a schedule). The loss-gradient study's MNIST recipe
+(arXiv 2207.07769, ``train_mnist.py``) is ``optimizer = "adadelta"``, ``lr = 1.0``, ``lr_gamma = 0.7``,
+``epochs = 14``, ``batch_size = 64``. Deterministic: the shuffling comes from a CPU generator seeded by the
+model's seed, and the schedule from the epoch count alone."""
+TRAINING_CHOICES: dict[str, tuple[Any, ...]] = {"optimizer": ("adam", "adamw", "sgd", "adadelta")}
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float, float], torch.optim.Optimizer]
 OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adam": lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
     "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
     "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
+    "adadelta": lambda params, lr, wd: torch.optim.Adadelta(params, lr=lr, weight_decay=wd),
 }
-"""Optimizer name -> factory(parameters, lr, weight_decay). SGD uses momentum 0.9."""
+"""Optimizer name -> factory(parameters, lr, weight_decay). SGD uses momentum 0.9; Adadelta PyTorch's
+defaults (rho 0.9, eps 1e-6), as the loss-gradient study's ``train_mnist.py``."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,21 @@ def _epoch(
     return total_loss / len(y), correct / len(y) if not y.is_floating_point() else float("nan")
 
 
+@contextmanager
+def seeded_dropout(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork the global RNG that dropout draws from on ``device`` (the CPU's, or that CUDA device's) and seed
+    it from ``seed`` (through numpy's SeedSequence, so not the shuffling stream); restored on exit."""
+    state = np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0]
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.random.default_generator.manual_seed(int(state) % 2**63)
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(int(state) % 2**63)
+        yield
+
+
 def train_model(
     model: nn.Module, bundle: DataBundle, settings: dict[str, Any], seed: int, device: torch.device,
     log: logging.Logger,
@@ -134,24 +163,34 @@ def train_model(
     full-batch training (ChaosMining's symbolic recipe).
 
     ``settings`` is checked against :data:`TRAINING_DEFAULTS` / :data:`TRAINING_CHOICES` (missing keys take
-    the defaults). One INFO line per epoch goes to ``log``.
+    the defaults); ``lr_gamma`` must be > 0. The learning rate of epoch e (from 1) is ``lr * lr_gamma **
+    (e - 1)`` (``StepLR(step_size=1)``, the loss-gradient study's schedule). Dropout is seeded by
+    :func:`seeded_dropout`. One INFO line per epoch, with the epoch's learning rate, goes to ``log``.
     """
     cfg = resolve_params("training", settings, TRAINING_DEFAULTS, TRAINING_CHOICES)
+    if not cfg["lr_gamma"] > 0.0:
+        raise ParamError(f"training: lr_gamma = {cfg['lr_gamma']!r} must be > 0 "
+                         "(1.0 = constant learning rate)")
     model.to(device).train()
     x, y = bundle.x_train.to(device), bundle.y_train.to(device)
     optimizer = OPTIMIZERS[cfg["optimizer"]](model.parameters(), cfg["lr"], cfg["weight_decay"])
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg["lr_gamma"])
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     start = time.perf_counter()
-    for epoch in range(1, cfg["epochs"] + 1):
-        loss, batch_acc = _epoch(model, optimizer, x, y, cfg["batch_size"], generator)
-        losses.append(loss)
-        elapsed = time.perf_counter() - start
-        if bundle.task == "classification":
-            log.info("epoch %d/%d loss %.4f train-batch accuracy %.3f elapsed %.1fs",
-                     epoch, cfg["epochs"], loss, batch_acc, elapsed)
-        elif epoch == cfg["epochs"] or epoch % 50 == 0:  # full-batch regression runs ~1000 short epochs
-            log.info("epoch %d/%d MSE %.5f elapsed %.1fs", epoch, cfg["epochs"], loss, elapsed)
+    with seeded_dropout(seed, device):
+        for epoch in range(1, cfg["epochs"] + 1):
+            lr = float(optimizer.param_groups[0]["lr"])
+            loss, batch_acc = _epoch(model, optimizer, x, y, cfg["batch_size"], generator)
+            schedule.step()
+            losses.append(loss)
+            elapsed = time.perf_counter() - start
+            if bundle.task == "classification":
+                log.info("epoch %d/%d loss %.4f train-batch accuracy %.3f lr %.4g elapsed %.1fs",
+                         epoch, cfg["epochs"], loss, batch_acc, lr, elapsed)
+            elif epoch == cfg["epochs"] or epoch % 50 == 0:  # full-batch regression runs ~1000 short epochs
+                log.info("epoch %d/%d MSE %.5f lr %.4g elapsed %.1fs",
+                         epoch, cfg["epochs"], loss, lr, elapsed)
     model.eval()
     seconds = time.perf_counter() - start
     if bundle.task == "regression":
