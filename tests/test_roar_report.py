@@ -332,3 +332,18 @@ def test_write_report_includes_the_sections(tmp_path: Path) -> None:
     assert order == sorted(order)
     assert "held for 1 of 1 (vargrad)" in text and "**0.050 ± 0.000**" in text
     assert (tmp_path / "figures" / "roar-digits-cnn.png").exists()
+
+
+def test_loss_table_shows_a_decrease_accuracy_cannot() -> None:
+    rec = occlusion("grad_inp", "positive", "mean", [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [1.0, 1.0])
+    rec.outputs["loss"] = np.array([[0.010, 0.008, 0.02], [0.012, 0.010, 0.03]])  # clean 0.02, 0.022
+    rec.outputs["clean_loss"] = np.array([0.020, 0.022])
+    text = "\n".join(loss_gradient_section([rec]))
+    assert "spread: 0 of 1, so the headline finding did not hold" in text  # accuracy is at its ceiling
+    loss_part = text.split("−ΔL at 10%")[1]
+    row = next(ln for ln in loss_part.splitlines() if ln.startswith("| grad_inp"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # −ΔL per replica: (0.010, 0.012, 0.000), (0.010, 0.012, -0.008); clean loss 0.021 ± 0.001
+    assert cells[3] == "0.021 ± 0.001" and cells[4] == "**0.010 ± 0.000**" and cells[5] == "**0.012 ± 0.000**"
+    assert cells[6] == "-0.004 ± 0.006" and cells[-2:] == ["improves", "mixed"]
+    assert "lowered the loss below clean beyond the replica spread: 1 of 1" in text
