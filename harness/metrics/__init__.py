@@ -13,6 +13,7 @@ from harness.metrics import (  # noqa: F401
     occlusion,
     pixel_perturbation,
     randomisation,
+    road,
     roar,
     selection,
     sensitivity,
