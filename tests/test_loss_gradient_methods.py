@@ -1,4 +1,4 @@
-"""loss_gradient (Srinivasan et al., arXiv 2207.07769): every variant against per-sample torch.autograd, the
+"""loss_gradient (Subramanian et al., arXiv 2207.07769): every variant against per-sample torch.autograd, the
 sigmoid-pair model against BCE-with-logits, a linear softmax model by hand, batch invariance, the contract."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loss-gradient attributions (Srinivasan et al., "Anomalous behaviour of loss-gradient based interpretability
+"""Loss-gradient attributions (Subramanian et al., "Anomalous behaviour of loss-gradient based interpretability
 methods", ICLR 2021 RobustML workshop, arXiv 2207.07769; github VinodS7/investigate-gradients; §5 of the seed
 notes).
 
@@ -57,7 +57,7 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
 
 
 def loss_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """d CE(model(x)_i, target_i) / d x_i for every sample i (Srinivasan et al. 2022, arXiv 2207.07769):
+    """d CE(model(x)_i, target_i) / d x_i for every sample i (Subramanian et al. 2022, arXiv 2207.07769):
     one forward and one backward, float32 on x's device; the model's mode and parameter gradients are
     untouched."""
     inputs = x.detach().float().requires_grad_()
@@ -111,7 +111,7 @@ METHODS.add(
     MethodSpec(
         name="loss_gradient", build=build_loss_gradient, defaults=dict(DEFAULTS), choices=dict(CHOICES),
         description=(
-            "Loss-gradient attributions (Srinivasan et al., arXiv 2207.07769): g = d CE(f(x), y) / dx, the "
+            "Loss-gradient attributions (Subramanian et al., arXiv 2207.07769): g = d CE(f(x), y) / dx, the "
             "gradient of the cross-entropy of the logits with the target (the TRUE label in the cases; "
             "equals the seed's BCE for the (0, z) sigmoid models), then variant: abs_grad |g|, grad_orig g, "
             "grad_inp g*x, abs_grad_inp |g*x|, grad_abs_inp g*|x|, abs_grad_abs_inp |g|*|x|, input x, "

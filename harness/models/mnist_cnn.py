@@ -1,4 +1,4 @@
-"""The MNIST CNN of the loss-gradient study (Srinivasan et al., arXiv 2207.07769; §5 of the seed notes).
+"""The MNIST CNN of the loss-gradient study (Subramanian et al., arXiv 2207.07769; §5 of the seed notes).
 
 github VinodS7/investigate-gradients, ``src/train_mnist.py`` (class ``Net``, PyTorch's MNIST example):
 Conv(C -> 32, 3x3) -> ReLU -> Conv(32 -> 64, 3x3) -> ReLU -> MaxPool 2 -> Dropout .25 -> Flatten ->

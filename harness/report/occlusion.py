@@ -1,7 +1,7 @@
 """The loss-gradient occlusion study in the report, and the parsing of study records shared with
 :mod:`harness.report.roar`.
 
-Source: Srinivasan et al., "Anomalous behaviour of loss gradient based interpretability methods", arXiv
+Source: Subramanian et al., "Anomalous behaviour of loss gradient based interpretability methods", arXiv
 2207.07769 (seed-systems.md §5; code github VinodS7/investigate-gradients). Inputs ranked by the gradient g of
 the loss with the true label are occluded, the most positive (order ``positive``) or the most negative
 (``negative``) first, by a replacement value r; the score (accuracy or AUROC) is compared with the un-occluded
@@ -237,7 +237,7 @@ def loss_gradient_section(records: Sequence[CaseRecord]) -> list[str]:
                                                             e.outputs["score"].shape[0]))
     if not groups:
         return []
-    lines = ["", "## Loss-gradient occlusion (Srinivasan et al.)", "",
+    lines = ["", "## Loss-gradient occlusion (Subramanian et al.)", "",
              ("Inputs ranked by the loss gradient g = ∂L/∂x with the true label (ranking: |g| `abs_grad`, g "
               "`grad_orig`, g ⊙ x `grad_inp`, ...; `random`: a random ranking) are occluded, the most positive "
               "values first (order *positive*) or the most negative first (*negative*), by the replacement; "
