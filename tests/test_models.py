@@ -90,7 +90,7 @@ def test_deeplift_friendly(name: str) -> None:
     assert len(modules) == len({id(m) for m in modules}), "a module instance is reused"
     assert not any(getattr(m, "inplace", False) for m in modules)
     # at least one hookable non-linearity module (recurrent heads keep theirs inside the fused cell)
-    assert sum(isinstance(m, (nn.ReLU, nn.GELU)) for m in modules) >= 1
+    assert sum(isinstance(m, (nn.ReLU, nn.GELU, nn.LeakyReLU)) for m in modules) >= 1
 
 
 @pytest.mark.parametrize(("name", "shape"), model_shapes())
