@@ -1,0 +1,7 @@
+"""Coverage criteria for testing networks (DeepImportance's IDC and the baselines it compares with);
+importing this package registers every criterion in :data:`harness.coverage.base.CRITERIA`."""
+from __future__ import annotations
+
+from harness.coverage import base
+
+__all__ = ["base"]
