@@ -75,10 +75,11 @@ def separation(curve: Curve, baseline: Curve, below: bool) -> tuple[int, int]:
 
 
 def style(method_name: str, colour: int) -> dict[str, object]:
-    """Random dashed black, Sobel dotted, every other method solid; a method's colour is its index."""
+    """Random dashed black, Sobel dotted, every other method solid; a method's colour is its index (tab20,
+    so up to 20 methods get distinct colours)."""
     if method_name == BASELINE:
         return {"color": "black", "ls": "--"}
-    return {"color": plt.get_cmap("tab10")(colour % 10), "ls": ":" if method_name == CONTROL else "-"}
+    return {"color": plt.get_cmap("tab20")(colour % 20), "ls": ":" if method_name == CONTROL else "-"}
 
 
 def plot(panels: dict[str, list[Curve]], out: Path, ylabel: str, title: str, band: bool) -> None:
