@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from harness.metrics import (  # noqa: F401
     box_iou,
+    coverage,
+    coverage_rq,
     deletion,
     faithfulness_correlation,
     impact_coverage,

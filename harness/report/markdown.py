@@ -11,6 +11,7 @@ import numpy as np
 from tabulate import tabulate
 
 from harness.report.attribench import attribench_sections
+from harness.report.coverage import coverage_sections
 from harness.report.figures import example_grid
 from harness.report.ground_truth import condition_tables, reproduction_section, selection_section
 from harness.report.roar import roar_sections
@@ -198,6 +199,7 @@ def write_report(path: Path | str) -> Path:
     statistics = attribench_sections(suite_order(env, passed), run_dir)
     statistics += snr_section(suite_order(env, passed), run_dir)  # Sensitivity-n SNR study (report/snr.py)
     statistics += roar_sections(suite_order(env, passed), run_dir)  # removal studies (report/roar.py)
+    statistics += coverage_sections(suite_order(env, passed), run_dir)  # DeepImportance RQ1-RQ5 (report/coverage.py)
     out = run_dir / "report.md"
     out.write_text(render(env, records, figures, statistics))
     return out

@@ -1,0 +1,134 @@
+"""What every coverage workflow shares: traces of the case's model, built criteria, sharded coverage.
+
+The model's traces (:func:`harness.coverage.base.layer_traces`) of up to ``train_samples`` training inputs
+build each criterion once; a set of test inputs is then covered by feeding it in ``shards`` shards, each to
+its own ``empty()`` copy, and merging them (the streaming path a large or distributed test set takes).
+Class-conditional criteria (surprise adequacy) get the model's predictions as labels. IDC (importance-driven
+coverage) is built on the important neurons of a layer attribution aggregated over the training inputs
+(:mod:`harness.coverage.relevance`), cached per trained model through ``MetricInputs.artifact``.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from harness.coverage.base import CRITERIA, Criterion, Traces, coverage_layers, layer_traces, split
+from harness.metrics.perturbation import eval_mode
+from harness.specs import DataBundle, MetricInputs, ParamError, RunContext, resolve_params
+
+IDC_DEFAULTS: Mapping[str, Any] = {
+    "attributor": "layer_conductance", "m": 5, "layer_index": 1, "scope": "layer", "k": 2, "silhouette": False,
+}
+"""DeepImportance's defaults (seed-systems.md §3.1): LayerConductance, top 5 neurons of layer index 1, k 2."""
+
+
+@dataclass
+class Built:
+    """A built criterion and what building it cost."""
+
+    name: str
+    criterion: Criterion
+    build_seconds: float
+
+
+def subset(x: Tensor, count: int) -> Tensor:
+    """The first ``count`` rows (0: all)."""
+    return x if count <= 0 else x[:count]
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    with eval_mode(model):
+        return torch.cat([model(x[s:s + batch_size]).argmax(dim=1) for s in range(0, len(x), batch_size)]) \
+            if len(x) else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+def traces_of(model: nn.Module, x: Tensor, ctx: RunContext) -> Traces:
+    with eval_mode(model):
+        return layer_traces(model, x, coverage_layers(model), ctx.rows_per_chunk(x[0].numel()))
+
+
+def criterion_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    spec = CRITERIA.get(name)
+    return resolve_params(f"coverage criterion {name}", params, spec.defaults, spec.choices)
+
+
+def idc_neurons(inputs: MetricInputs, ctx: RunContext, data: DataBundle, idc: Mapping[str, Any],
+                train_samples: int) -> list[tuple[str, int]]:
+    """The important neurons of DeepImportance: the layer attribution ``attributor`` of every traced layer in
+    scope, aggregated over the training inputs for their labels (cached per model), top ``m``."""
+    from harness.coverage.relevance import important_neurons, neuron_relevance
+
+    model = inputs.model
+    layers = coverage_layers(model)
+    if idc["scope"] == "layer":
+        if not 0 <= idc["layer_index"] < len(layers):
+            raise ParamError(f"coverage: idc layer_index {idc['layer_index']} out of range; the model has "
+                             f"{len(layers)} traced layers: {layers}")
+        layers = [layers[idc["layer_index"]]]
+    x, y = subset(data.x_train, train_samples).to(ctx.device), subset(data.y_train, train_samples).to(ctx.device)
+
+    def make() -> dict[str, Tensor]:
+        return {layer: neuron_relevance(model, layer, x, y, idc["attributor"], ctx.batch_size) for layer in layers}
+
+    identity = {"what": "layer_relevance", "attributor": idc["attributor"], "layers": layers,
+                "train_samples": train_samples, "version": 1}
+    relevance = inputs.artifact(identity, make) if inputs.artifact is not None else make()
+    scope = "model" if idc["scope"] == "model" else layers[0]
+    return [(str(layer), int(index)) for layer, index in important_neurons(relevance, idc["m"], scope)]
+
+
+def build_criteria(inputs: MetricInputs, ctx: RunContext, names: Sequence[str],
+                   params: Mapping[str, Mapping[str, Any]], train_samples: int,
+                   idc: Mapping[str, Any] | None = None) -> list[Built]:
+    """Each named criterion built on the traces of the first ``train_samples`` training inputs (labels: the
+    model's predictions)."""
+    data = inputs.data
+    if data is None:
+        raise ValueError("coverage: needs inputs.data (the training inputs build the criteria)")
+    x = subset(data.x_train, train_samples).to(ctx.device)
+    train = traces_of(inputs.model, x, ctx)
+    labels = predictions(inputs.model, x, ctx.batch_size)
+    built = []
+    for name in names:
+        given = dict(params.get(name, {}))
+        if name == "idc":
+            given.setdefault("k", (idc or IDC_DEFAULTS)["k"])
+            given.setdefault("silhouette", (idc or IDC_DEFAULTS)["silhouette"])
+            given["neurons"] = idc_neurons(inputs, ctx, data, {**IDC_DEFAULTS, **(idc or {})}, train_samples)
+            given.setdefault("seed", ctx.seed)
+            spec = CRITERIA.get(name)
+            resolved = {**spec.defaults, **given}
+        else:
+            resolved = criterion_params(name, given)
+        start = time.perf_counter()
+        criterion = CRITERIA.get(name).make(**resolved)
+        criterion.build(train, labels)
+        built.append(Built(name, criterion, time.perf_counter() - start))
+    return built
+
+
+def covered(built: Built, traces: Traces, labels: Tensor, shards: int) -> dict[str, float]:
+    """``compute()`` after feeding ``traces`` in ``shards`` contiguous shards to fresh copies, merged."""
+    n = len(labels)
+    bounds = [round(i * n / max(1, shards)) for i in range(max(1, shards) + 1)]
+    parts = []
+    for lo, hi in pairwise(bounds):
+        part = built.criterion.empty()
+        if hi > lo:
+            part.update(split(traces, slice(lo, hi)), labels[lo:hi])
+        parts.append(part)
+    first = parts[0]
+    for other in parts[1:]:
+        first.merge(other)
+    return first.compute()
+
+
+def all_criteria(exclude: Sequence[str] = ()) -> list[str]:
+    return [name for name in CRITERIA.names() if name not in exclude]
