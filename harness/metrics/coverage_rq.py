@@ -2,7 +2,8 @@
 
 Sources: Gerasimou et al., "Importance-Driven Deep Learning System Testing", ICSE 2020; github JoshuaQSH/Wisdom.
 Every criterion registered in :mod:`harness.coverage` (or those named in ``criteria``) is built once on the
-training traces and compared by its normalised ``ratio`` (the seed's: TKNP / min(|D|, 10000); LSC, DSC, MDSC,
+training traces (``surprise_layers``: the layers LSC, DSC and MDSC read; [] = the last traced layer) and
+compared by its normalised ``ratio`` (the seed's: TKNP / min(|D|, 10000); LSC, DSC, MDSC,
 CC / |D|; the others are ratios already). Pixel-unit magnitudes (noise std, attack ε) are scaled by the data's
 range ``hi − lo`` (the training minimum and maximum), so 0.5 means half the range of a [0, 1] image whatever
 the normalisation.
@@ -42,7 +43,7 @@ from harness.specs import (
 
 REFERENCE = ("Gerasimou et al., Importance-Driven Deep Learning System Testing, ICSE 2020; github JoshuaQSH/Wisdom "
              "(Torch4DeepImportance); Pielou 1966 (evenness)")
-COMMON = {"criteria": [], "train_samples": 2000, **{f"idc_{k}": v for k, v in workflow.IDC_DEFAULTS.items()}}
+COMMON = {"criteria": [], "train_samples": 2000, "surprise_layers": [], **{f"idc_{k}": v for k, v in workflow.IDC_DEFAULTS.items()}}
 DIVERSITY_DEFAULTS = MappingProxyType({**COMMON, "test_samples": 100, "fraction": 0.02, "std": 0.5})
 ADVERSARIAL_DEFAULTS = MappingProxyType({
     **COMMON, "attack": "fgsm", "samples": 100, "shares": [0.01 * k for k in range(1, 11)], "eps": 0.3,
@@ -59,7 +60,9 @@ def _setup(name: str, inputs: MetricInputs, ctx: RunContext, p: dict[str, Any]) 
     if unknown:
         raise ParamError(f"metric {name}: unknown criteria {unknown}; choices: {', '.join(workflow.CRITERIA.names())}")
     idc = {k[len("idc_"):]: v for k, v in p.items() if k.startswith("idc_")}
-    return workflow.build_criteria(inputs, ctx, names, {}, p["train_samples"], idc)
+    surprise = {"layers": list(p["surprise_layers"])} if p["surprise_layers"] else {}
+    params = {name: surprise for name in ("lsc", "dsc", "mdsc")}
+    return workflow.build_criteria(inputs, ctx, names, params, p["train_samples"], idc)
 
 
 def ratios(built: list[workflow.Built], model: Any, x: Tensor, ctx: RunContext) -> Tensor:

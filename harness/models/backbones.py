@@ -109,6 +109,7 @@ TORCHVISION: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "resnet18": (partial(ResNet, _BasicBlock, [2, 2, 2, 2]), 1),
     "resnet50": (partial(ResNet, _Bottleneck, [3, 4, 6, 3]), 1),
     "vgg13": (tvm.vgg13, 32),
+    "vgg16": (tvm.vgg16, 32),
 }
 """Name -> (factory of the 1000-way torchvision network, smallest input side it runs at)."""
 
