@@ -37,6 +37,13 @@ class Built:
     build_seconds: float
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network itself, without the harness's row-counting wrapper (``RowCounter`` keeps it as ``inner``),
+    so layer names are the network's own (``conv2``, not ``inner.conv2``) as suites name them."""
+    inner = getattr(model, "inner", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def subset(x: Tensor, count: int) -> Tensor:
     """The first ``count`` rows (0: all)."""
     return x if count <= 0 else x[:count]
@@ -50,6 +57,7 @@ def predictions(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
 
 
 def traces_of(model: nn.Module, x: Tensor, ctx: RunContext) -> Traces:
+    model = unwrap(model)
     with eval_mode(model):
         return layer_traces(model, x, coverage_layers(model), ctx.rows_per_chunk(x[0].numel()))
 
@@ -65,7 +73,7 @@ def idc_neurons(inputs: MetricInputs, ctx: RunContext, data: DataBundle, idc: Ma
     scope, aggregated over the training inputs for their labels (cached per model), top ``m``."""
     from harness.coverage.relevance import important_neurons, neuron_relevance
 
-    model = inputs.model
+    model = unwrap(inputs.model)
     layers = coverage_layers(model)
     if idc["scope"] == "layer":
         if not 0 <= idc["layer_index"] < len(layers):

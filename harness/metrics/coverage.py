@@ -108,7 +108,7 @@ def coverage_pruning(inputs: MetricInputs, ctx: RunContext, **params: Any) -> Me
         raise ParamError(f"metric coverage_pruning: attributor {p['attributor']!r} unknown; choices: "
                          + ", ".join(sorted(LAYER_ATTRIBUTORS)))
     data = _data("coverage_pruning", inputs)
-    model = inputs.model
+    model = workflow.unwrap(inputs.model)
     idc = {**workflow.IDC_DEFAULTS, "attributor": p["attributor"], "scope": "model", "m": max(p["ns"])}
     ranked = workflow.idc_neurons(inputs, ctx, data, idc, p["train_samples"])
     x = workflow.subset(data.x_test, p["test_samples"]).to(ctx.device)
