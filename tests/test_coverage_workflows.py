@@ -118,10 +118,10 @@ def test_pielou_hand_checked() -> None:
     assert coverage_rq.pielou(torch.tensor([0, 0, 0, 1]), 2) == pytest.approx(expected)
 
 
-@given(st.lists(st.floats(-5, 5), min_size=3, max_size=12), st.integers(0, 1000))
+@given(st.lists(st.integers(-50, 50), min_size=3, max_size=12), st.integers(0, 1000))
 @settings(max_examples=40, deadline=None)
-def test_pearson_matches_numpy(a: list[float], seed: int) -> None:
-    x = torch.tensor(a, dtype=torch.float64)
+def test_pearson_matches_numpy(a: list[int], seed: int) -> None:
+    x = torch.tensor(a, dtype=torch.float64) / 10
     y = torch.randn(len(a), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     r = coverage_rq.pearson(x, y)
     if len(set(a)) == 1:
