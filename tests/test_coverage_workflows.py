@@ -152,3 +152,10 @@ def test_diversity_and_evenness_run_and_are_bounded() -> None:
     assert even.outputs["pearson"].shape == (1, 2) and not even.problems()
     with pytest.raises(ParamError, match="draws"):
         METRICS.get("coverage_evenness").compute(_inputs(), CTX, draws=2)
+
+
+def test_idc_on_voted_neurons() -> None:
+    result = METRICS.get("coverage").compute(_inputs(), CTX, criterion="idc", idc_attributor="voting",
+                                             idc_layer_index=1, idc_m=3,
+                                             idc_voters=["layer_activation", "layer_gradient_x_activation"])
+    assert result.info["figures"]["total"] == 8 and not result.problems()

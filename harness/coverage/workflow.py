@@ -24,8 +24,11 @@ from harness.specs import DataBundle, MetricInputs, ParamError, RunContext, reso
 
 IDC_DEFAULTS: Mapping[str, Any] = {
     "attributor": "layer_conductance", "m": 5, "layer_index": 1, "scope": "layer", "k": 2, "silhouette": False,
+    "voters": ["layer_conductance", "layer_activation", "layer_gradient_x_activation"],
 }
-"""DeepImportance's defaults (seed-systems.md §3.1): LayerConductance, top 5 neurons of layer index 1, k 2."""
+"""DeepImportance's defaults (seed-systems.md §3.1): LayerConductance, top 5 neurons of layer index 1, k 2;
+attributor ``voting`` combines the ``voters`` (:func:`harness.coverage.relevance.voting`)."""
+VOTE_OFFSET = 0xC0F5
 
 
 @dataclass
@@ -81,6 +84,8 @@ def idc_neurons(inputs: MetricInputs, ctx: RunContext, data: DataBundle, idc: Ma
                              f"{len(layers)} traced layers: {layers}")
         layers = [layers[idc["layer_index"]]]
     x, y = subset(data.x_train, train_samples).to(ctx.device), subset(data.y_train, train_samples).to(ctx.device)
+    if idc["attributor"] == "voting":
+        return voted_neurons(inputs, ctx, model, x, y, idc, layers, train_samples)
 
     def make() -> dict[str, Tensor]:
         return {layer: neuron_relevance(model, layer, x, y, idc["attributor"], ctx.batch_size) for layer in layers}
@@ -90,6 +95,28 @@ def idc_neurons(inputs: MetricInputs, ctx: RunContext, data: DataBundle, idc: Ma
     relevance = inputs.artifact(identity, make) if inputs.artifact is not None else make()
     scope = "model" if idc["scope"] == "model" else layers[0]
     return [(str(layer), int(index)) for layer, index in important_neurons(relevance, idc["m"], scope)]
+
+
+def voted_neurons(inputs: MetricInputs, ctx: RunContext, model: nn.Module, x: Tensor, y: Tensor,
+                  idc: Mapping[str, Any], layers: list[str], train_samples: int) -> list[tuple[str, int]]:
+    """DeepImportance's voting over ``idc["voters"]`` (weights: the loss increase when each one's neurons are
+    zeroed), cached per model as (layer position, neuron) pairs."""
+    from harness.coverage.relevance import voting
+
+    scope = "model" if idc["scope"] == "model" else layers[0]
+
+    def make() -> dict[str, Tensor]:
+        chosen = voting(model, x, y, list(idc["voters"]), idc["m"], scope, ctx.batch_size,
+                        generator=ctx.generator(VOTE_OFFSET))
+        all_layers = coverage_layers(model)
+        return {"layer": torch.tensor([all_layers.index(layer) for layer, _ in chosen], dtype=torch.long),
+                "index": torch.tensor([int(i) for _, i in chosen], dtype=torch.long)}
+
+    identity = {"what": "voting", "voters": list(idc["voters"]), "m": idc["m"], "scope": scope,
+                "train_samples": train_samples, "seed": ctx.seed, "version": 1}
+    picked = inputs.artifact(identity, make) if inputs.artifact is not None else make()
+    all_layers = coverage_layers(model)
+    return [(all_layers[int(a)], int(b)) for a, b in zip(picked["layer"].tolist(), picked["index"].tolist())]
 
 
 def build_criteria(inputs: MetricInputs, ctx: RunContext, names: Sequence[str],

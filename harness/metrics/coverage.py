@@ -43,7 +43,7 @@ COVERAGE_DEFAULTS = MappingProxyType({
     **IDC_PARAMS,
 })
 PRUNING_DEFAULTS = MappingProxyType({
-    "attributor": "layer_conductance", "ns": [6, 8, 10, 15, 20], "random_draws": 5, "train_samples": 2000,
+    "attributor": "layer_conductance", "voters": list(workflow.IDC_DEFAULTS["voters"]), "ns": [6, 8, 10, 15, 20], "random_draws": 5, "train_samples": 2000,
     "test_samples": 0,
 })
 RANDOM_OFFSET = 0xC0F1
@@ -104,12 +104,13 @@ def coverage_pruning(inputs: MetricInputs, ctx: RunContext, **params: Any) -> Me
     from harness.coverage.relevance import LAYER_ATTRIBUTORS, zeroed
 
     p = resolve_params("metric coverage_pruning", params, PRUNING_DEFAULTS)
-    if p["attributor"] not in LAYER_ATTRIBUTORS:
-        raise ParamError(f"metric coverage_pruning: attributor {p['attributor']!r} unknown; choices: "
+    if p["attributor"] not in LAYER_ATTRIBUTORS and p["attributor"] != "voting":
+        raise ParamError(f"metric coverage_pruning: attributor {p['attributor']!r} unknown; choices: voting, "
                          + ", ".join(sorted(LAYER_ATTRIBUTORS)))
     data = _data("coverage_pruning", inputs)
     model = workflow.unwrap(inputs.model)
-    idc = {**workflow.IDC_DEFAULTS, "attributor": p["attributor"], "scope": "model", "m": max(p["ns"])}
+    idc = {**workflow.IDC_DEFAULTS, "attributor": p["attributor"], "scope": "model", "m": max(p["ns"]),
+           "voters": p["voters"]}
     ranked = workflow.idc_neurons(inputs, ctx, data, idc, p["train_samples"])
     x = workflow.subset(data.x_test, p["test_samples"]).to(ctx.device)
     y = workflow.subset(data.y_test, p["test_samples"]).to(ctx.device)
