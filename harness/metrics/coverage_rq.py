@@ -164,6 +164,8 @@ def pielou(labels: Tensor, classes: int) -> float:
 
 def pearson(a: Tensor, b: Tensor) -> float | None:
     """Pearson's r, or None where either side is constant."""
+    if len(a) < 2 or bool(a.max() == a.min()) or bool(b.max() == b.min()):
+        return None
     a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
     denominator = float(a.norm() * b.norm())
     return None if denominator == 0 else float((a * b).sum()) / denominator
