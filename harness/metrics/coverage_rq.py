@@ -17,8 +17,9 @@ the normalisation.
   normalised coverage change (cov − cov₀) / cov₀. Expected: rising with the share; ``rises`` = 1 where the
   change at the largest share is positive.
 * ``coverage_evenness`` (RQ4): random test subsets of each size with Dirichlet(½) class proportions (so the
-  predictions' evenness varies); Pielou's J = H / log k of the predicted labels; Pearson r of coverage with J
-  per criterion and size (0 where either is constant, counted in ``info``).
+  predictions' evenness varies; a size is capped at half the test set, so that the subsets differ); Pielou's
+  J = H / log k of the predicted labels; Pearson r of coverage with J per criterion and size (0 where either is
+  constant, counted in ``info``).
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def coverage_evenness(inputs: MetricInputs, ctx: RunContext, **params: Any) -> M
     predicted = workflow.predictions(inputs.model, x_all, ctx.batch_size).cpu()
     classes = inputs.data.num_classes
     generator = ctx.generator(SUBSET_OFFSET)
-    sizes = [min(s, len(x_all)) for s in p["sizes"]]
+    sizes = [min(s, len(x_all) // 2) for s in p["sizes"]]  # at most half the test set, so subsets differ
     r = torch.zeros(len(built), len(sizes), dtype=torch.float64)
     undefined = 0
     evenness_all = []
