@@ -63,6 +63,18 @@ def resolve_params(
     return out
 
 
+def fractions_param(where: str, key: str, values: Any, *, include_one: bool = False) -> list[float]:
+    """``values`` as floats if it is a non-empty list of fractions in (0, 1) (``include_one``: (0, 1]); else
+    :class:`ParamError` naming ``where``, the parameter and the valid range."""
+    high = "1]" if include_one else "1)"
+    ok = isinstance(values, (list, tuple)) and len(values) > 0 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v and (v <= 1 if include_one else v < 1)
+        for v in values)
+    if not ok:
+        raise ParamError(f"{where}: parameter {key!r} = {values!r} must be a non-empty list of fractions in (0, {high}")
+    return [float(v) for v in values]
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What every factory may use besides its own parameters: where, how big, which seed."""

@@ -311,9 +311,9 @@ def test_empty_batch() -> None:
 
 @pytest.mark.parametrize("params, message", [
     ({"order": "up"}, "choices: 'morf', 'lerf'"),
-    ({"fractions": [0.5, 1.0]}, r"numbers in \(0, 1\)"),
-    ({"fractions": []}, r"numbers in \(0, 1\)"),
-    ({"fractions": [True]}, r"numbers in \(0, 1\)"),
+    ({"fractions": [0.5, 1.0]}, r"fractions in \(0, 1\)"),
+    ({"fractions": []}, r"fractions in \(0, 1\)"),
+    ({"fractions": [True]}, r"fractions in \(0, 1\)"),
     ({"noise": -0.1}, "noise"),
     ({"pixel_aggregation": "sum"}, "choices: 'mean', 'max_abs'"),
     ({"steps": 3}, "unknown parameter 'steps'"),

@@ -26,14 +26,14 @@ given generator and moved, so results are the same on every device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from harness.metrics.perturbation import eval_mode
 from harness.specs import ParamError, resolve_params
 
 Bound = float | Sequence[float] | Tensor
@@ -73,17 +73,6 @@ def _box(x: Tensor, lo: Bound, hi: Bound) -> tuple[Tensor, Tensor]:
 def _check(name: str, value: float, ok: bool, valid: str) -> None:
     if not ok or not math.isfinite(value):
         raise ParamError(f"{name} = {value!r} is not valid; valid values: {valid}")
-
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode inside the block, its previous mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -127,7 +116,7 @@ def fgsm(
         adv = torch.clamp(xb + step * _input_gradient(model, xb, yb).sign(), low, high)
         return adv, _missed(model, adv, yb)
 
-    with evaluating(model):
+    with eval_mode(model):
         return _chunked(run, batch_size, x.detach(), y)
 
 
@@ -160,7 +149,7 @@ def pgd(
             adv = torch.clamp(xb + torch.clamp(moved - xb, -radius, radius), low, high)
         return adv, _missed(model, adv, yb)
 
-    with evaluating(model):
+    with eval_mode(model):
         return _chunked(run, batch_size, x, start, y)
 
 
@@ -200,7 +189,7 @@ def cw(
                 best[better] = adv[better].detach()
         return best, torch.isfinite(best_l2)
 
-    with evaluating(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         return _chunked(run, batch_size, x.detach(), y)
 
 

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from harness.coverage.base import coverage_layers
+from harness.metrics.perturbation import eval_mode
 from harness.specs import ParamError, resolve_params
 
 Neuron = tuple[str, int]
@@ -130,16 +131,6 @@ def check_lrp(model: nn.Module) -> None:
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-@contextmanager
 def _seeded(generator: torch.Generator, device: torch.device) -> Iterator[None]:
     """Seed the global numpy and torch RNGs (captum's samplers) from ``generator``; restore them after."""
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
@@ -184,7 +175,7 @@ def neuron_relevance(
     algorithm = spec.algorithm(model, _module(model, layer))
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     total: Tensor | None = None
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, len(x), chunk):
             xc, yc = x[start:start + chunk], y[start:start + chunk]
             call = {**params, **spec.fixed}
@@ -331,7 +322,7 @@ def voting(
     if step < 1:
         raise ParamError(f"voting: vote_size = {vote_size!r} is not valid; choices: None or an integer >= 1")
     votes = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, len(x), step):
             xv, yv = x[start:start + step], y[start:start + step]
             base = mean_loss(model, xv, yv, batch_size)

@@ -44,6 +44,7 @@ from harness.specs import (
     MetricSpec,
     ParamError,
     RunContext,
+    fractions_param,
     resolve_params,
 )
 
@@ -60,11 +61,7 @@ CHOICES = MappingProxyType({
 def _resolve(params: dict[str, Any]) -> dict[str, Any]:
     where = "metric loss_gradient_occlusion"
     p = resolve_params(where, params, DEFAULTS, CHOICES)
-    fractions = p["fractions"]
-    if not fractions or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fractions):
-        raise ParamError(f"{where}: parameter 'fractions' = {fractions!r} must be a non-empty list of fractions "
-                         "in (0, 1]")
-    p["fractions"] = [float(f) for f in fractions]
+    p["fractions"] = fractions_param(where, "fractions", p["fractions"], include_one=True)
     for key, low in (("models", 1), ("samples", 0), ("median_window", 1)):
         if p[key] < low:
             raise ParamError(f"{where}: parameter {key!r} = {p[key]!r} must be at least {low}")

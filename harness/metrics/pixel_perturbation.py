@@ -22,12 +22,18 @@ import math
 from types import MappingProxyType
 from typing import Any
 
-import torch
-
 from harness.metrics.minimal_subset import predicted_class
 from harness.metrics.perturbation import perturbation_curve, pixel_scores
 from harness.metrics.roar import channel_mean
-from harness.specs import METRICS, MetricInputs, MetricResult, MetricSpec, ParamError, RunContext, resolve_params
+from harness.specs import (
+    METRICS,
+    MetricInputs,
+    MetricResult,
+    MetricSpec,
+    RunContext,
+    fractions_param,
+    resolve_params,
+)
 
 DEFAULTS = MappingProxyType({
     "order": "morf", "fractions": [0.01 * k for k in range(1, 11)], "pixel_aggregation": "max_abs",
@@ -37,11 +43,7 @@ CHOICES = MappingProxyType({"order": ("morf", "lerf"), "pixel_aggregation": ("ma
 
 def _resolve(params: dict[str, Any]) -> dict[str, Any]:
     p = resolve_params("metric pixel_perturbation", params, DEFAULTS, CHOICES)
-    fractions = p["fractions"]
-    if not fractions or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fractions):
-        raise ParamError(f"metric pixel_perturbation: parameter 'fractions' = {fractions!r} must be a non-empty "
-                         "list of fractions in (0, 1]")
-    p["fractions"] = [float(f) for f in fractions]
+    p["fractions"] = fractions_param("metric pixel_perturbation", "fractions", p["fractions"], include_one=True)
     return p
 
 

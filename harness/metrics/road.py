@@ -46,6 +46,7 @@ from harness.specs import (
     MetricSpec,
     ParamError,
     RunContext,
+    fractions_param,
     resolve_params,
 )
 
@@ -132,17 +133,10 @@ def _normal(shape: torch.Size) -> Draw:
 
 def _resolve(params: dict[str, Any]) -> dict[str, Any]:
     p = resolve_params("road", params, DEFAULTS, CHOICES)
-    fractions = p["fractions"]
-    if not fractions or not all(
-        isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 < f < 1.0 for f in fractions
-    ):
-        raise ParamError(
-            f"road: parameter 'fractions' = {fractions!r} must be a non-empty list of numbers in (0, 1), "
-            "e.g. [0.1, 0.2, ..., 0.9]"
-        )
+    fractions = fractions_param("road", "fractions", p["fractions"])
     if not math.isfinite(p["noise"]) or p["noise"] < 0.0:
         raise ParamError(f"road: parameter 'noise' = {p['noise']!r} must be a finite number >= 0")
-    return {**p, "fractions": [float(f) for f in fractions]}
+    return {**p, "fractions": fractions}
 
 
 METRICS.add("road", MetricSpec(

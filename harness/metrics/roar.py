@@ -47,6 +47,7 @@ from harness.specs import (
     MetricSpec,
     ParamError,
     RunContext,
+    fractions_param,
     resolve_params,
 )
 
@@ -64,11 +65,7 @@ RANKS_FILE = "ranks.h5"
 
 def _resolve(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     p = resolve_params(f"metric {name}", params, DEFAULTS, CHOICES)
-    thresholds = p["thresholds"]
-    if not thresholds or not all(isinstance(t, (int, float)) and 0 < t < 1 for t in thresholds):
-        raise ParamError(f"metric {name}: parameter 'thresholds' = {thresholds!r} must be a non-empty list of "
-                         "fractions in (0, 1)")
-    p["thresholds"] = [float(t) for t in thresholds]
+    p["thresholds"] = fractions_param(f"metric {name}", "thresholds", p["thresholds"])
     for key in ("repeats", "chunk"):
         if p[key] < 1:
             raise ParamError(f"metric {name}: parameter {key!r} = {p[key]!r} must be at least 1")
@@ -226,10 +223,10 @@ _PARAMS = ("thresholds: fractions of inputs removed (ROAR) / kept (KAR), default
            "port) or value (the original); pixel_aggregation: max_abs or mean; repeats: retrainings per "
            "threshold from different seeds; chunk: images attributed / altered at a time.")
 for _name, _compute, _what in (
-    ("roar", roar, "ROAR: replace the top-t ranked inputs of every train and test image by the per-channel "
-     "training mean, retrain a fresh model, test on the altered test set. Lower accuracy is better. "),
-    ("kar", kar, "KAR: keep the top-t ranked inputs, replace the rest by the per-channel training mean, retrain, "
-     "test on the altered test set. Higher accuracy is better. "),
+    ("roar", roar, ("ROAR: replace the top-t ranked inputs of every train and test image by the per-channel "
+                    "training mean, retrain a fresh model, test on the altered test set. Lower accuracy is better. ")),
+    ("kar", kar, ("KAR: keep the top-t ranked inputs, replace the rest by the per-channel training mean, retrain, "
+                  "test on the altered test set. Higher accuracy is better. ")),
 ):
     METRICS.add(_name, MetricSpec(
         name=_name, family="roar", compute=_compute, modalities=frozenset({"image"}), reference=_REFERENCE,
