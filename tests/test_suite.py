@@ -160,3 +160,13 @@ def test_only_patterns_restrict_an_entry_to_matching_cases(tmp_path: Path) -> No
     path.write_text(GOOD.replace('order = "lerf"', 'order = "lerf"\nonly = "digits-*"'))
     with pytest.raises(SuiteError, match=r"\[metrics.insertion_lerf\]: only must be a list"):
         load_suite(path)
+
+
+def test_no_shipped_suite_is_named_like_a_family_or_marker() -> None:
+    """`-m NAME` loads the suite NAME: a suite named like a metric family would make `-m roar` (or
+    `-m "coverage and smoke"`) load that suite instead of selecting the family."""
+    from harness.plugin import STATIC_MARKERS
+    from harness.specs import FAMILIES
+
+    names = {p.stem for p in (ROOT / "suites").glob("*.toml")}
+    assert not names & (set(FAMILIES) | set(STATIC_MARKERS) - {"reproduce"})
