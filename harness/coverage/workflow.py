@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.coverage.base import CRITERIA, Criterion, Traces, coverage_layers, layer_traces, split
+from harness.metrics.minimal_subset import predicted_class
 from harness.metrics.perturbation import eval_mode
 from harness.specs import DataBundle, MetricInputs, ParamError, RunContext, resolve_params
 
@@ -50,13 +51,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 def subset(x: Tensor, count: int) -> Tensor:
     """The first ``count`` rows (0: all)."""
     return x if count <= 0 else x[:count]
-
-
-@torch.no_grad()
-def predictions(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    with eval_mode(model):
-        return torch.cat([model(x[s:s + batch_size]).argmax(dim=1) for s in range(0, len(x), batch_size)]) \
-            if len(x) else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
 def traces_of(model: nn.Module, x: Tensor, ctx: RunContext) -> Traces:
@@ -129,7 +123,7 @@ def build_criteria(inputs: MetricInputs, ctx: RunContext, names: Sequence[str],
         raise ValueError("coverage: needs inputs.data (the training inputs build the criteria)")
     x = subset(data.x_train, train_samples).to(ctx.device)
     train = traces_of(inputs.model, x, ctx)
-    labels = predictions(inputs.model, x, ctx.batch_size)
+    labels = predicted_class(inputs.model, x, ctx)
     built = []
     for name in names:
         given = dict(params.get(name, {}))

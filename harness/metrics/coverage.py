@@ -24,6 +24,7 @@ import torch
 
 from harness.coverage import workflow
 from harness.coverage.base import coverage_layers
+from harness.metrics.minimal_subset import predicted_class
 from harness.models.training import accuracy
 from harness.specs import (
     METRICS,
@@ -73,7 +74,7 @@ def coverage(inputs: MetricInputs, ctx: RunContext, **params: Any) -> MetricResu
     x = workflow.subset(data.x_test, p["test_samples"]).to(ctx.device)
     start = time.perf_counter()
     traces = workflow.traces_of(inputs.model, x, ctx)
-    labels = workflow.predictions(inputs.model, x, ctx.batch_size)
+    labels = predicted_class(inputs.model, x, ctx)
     merged = workflow.covered(built, traces, labels, p["shards"])
     seconds = time.perf_counter() - start
     single = workflow.covered(built, traces, labels, 1)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from harness.coverage import workflow
+from harness.metrics.minimal_subset import predicted_class
 from harness.specs import (
     METRICS,
     MetricInputs,
@@ -69,7 +70,7 @@ def _setup(name: str, inputs: MetricInputs, ctx: RunContext, p: dict[str, Any]) 
 def ratios(built: list[workflow.Built], model: Any, x: Tensor, ctx: RunContext) -> Tensor:
     """(C,) normalised coverage of the inputs ``x`` by every built criterion (one pass, labels predicted)."""
     traces = workflow.traces_of(model, x, ctx)
-    labels = workflow.predictions(model, x, ctx.batch_size)
+    labels = predicted_class(model, x, ctx)
     values = [workflow.covered(b, traces, labels, 1) for b in built]
     return torch.tensor([v.get("ratio", v["coverage"]) for v in values], dtype=torch.float64)
 
@@ -131,7 +132,7 @@ def coverage_adversarial(inputs: MetricInputs, ctx: RunContext, **params: Any) -
         raise ParamError(f"metric coverage_adversarial: shares {p['shares']!r} must be fractions in (0, 1]")
     built = _setup("coverage_adversarial", inputs, ctx, p)
     x_all, y_all = inputs.data.x_test.to(ctx.device), inputs.data.y_test.to(ctx.device)
-    right = (workflow.predictions(inputs.model, x_all, ctx.batch_size) == y_all).nonzero()[:, 0][:p["samples"]]
+    right = (predicted_class(inputs.model, x_all, ctx) == y_all).nonzero()[:, 0][:p["samples"]]
     x, y = x_all[right], y_all[right]
     adversarial, success = adversarial_examples(inputs, x, y, p, ctx)
     pool = adversarial[success]
@@ -181,7 +182,7 @@ def coverage_evenness(inputs: MetricInputs, ctx: RunContext, **params: Any) -> M
         raise ParamError(f"metric coverage_evenness: parameter 'draws' = {p['draws']} must be at least 3")
     built = _setup("coverage_evenness", inputs, ctx, p)
     x_all = inputs.data.x_test.to(ctx.device)
-    predicted = workflow.predictions(inputs.model, x_all, ctx.batch_size).cpu()
+    predicted = predicted_class(inputs.model, x_all, ctx).cpu()
     classes = inputs.data.num_classes
     generator = ctx.generator(SUBSET_OFFSET)
     sizes = [min(s, len(x_all) // 2) for s in p["sizes"]]  # at most half the test set, so subsets differ
