@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from harness.report.ground_truth import condition_tables, reproduction_section, selection_section
 from harness.store import CaseRecord
@@ -40,6 +41,30 @@ def test_condition_tables_have_a_column_per_condition() -> None:
     assert ["mlp · saliency", "0.800", "0.400"] in cells(text)
     assert ["mlp · random", "0.200", "0.100"] in cells(text)
     assert condition_tables([r for r in records if False]) == []
+
+
+def test_generalisation_pairs_models_within_a_condition() -> None:
+    """cnn beats mlp on both conditions; saliency's score follows accuracy on RBFP only, so 1 of 2 pairs; the
+    random control is not counted; ρ over the four cells is checked against scipy."""
+    acc = {("v_rbfp", "cnn"): 0.9, ("v_rbfp", "mlp"): 0.7, ("v_sbrp", "cnn"): 0.5, ("v_sbrp", "mlp"): 0.2}
+    score = {("v_rbfp", "cnn"): 0.8, ("v_rbfp", "mlp"): 0.6, ("v_sbrp", "cnn"): 0.3, ("v_sbrp", "mlp"): 0.4}
+    records = []
+    for (dataset, model), accuracy in acc.items():
+        condition = dataset.split("_")[1].upper()
+        for method, value in (("saliency", score[(dataset, model)]), ("random", 0.1 + accuracy / 10)):
+            r = record(dataset, "chaos_vision", {"condition": condition}, method, method, "box_iou", "box_iou",
+                       {"iou": [value]}, "iou", model=model)
+            r.attrs["model_test_score"] = accuracy
+            records.append(r)
+    text = "\n".join(condition_tables(records))
+    rho = spearmanr(list(acc.values()), list(score.values())).statistic
+    assert ["cnn", "0.900", "0.500"] in cells(text) and ["mlp", "0.700", "0.200"] in cells(text)
+    assert ["saliency", f"{rho:+.2f} (4) · 1/2"] in cells(text)
+    assert ["random", "+1.00 (4) · 2/2"] in cells(text)
+    assert "higher in 1 of 2 model pairs × methods × metrics (50%): the finding does not hold here" in text
+    for r in records:  # without model accuracies there is nothing to correlate
+        del r.attrs["model_test_score"]
+    assert "model generalisation" not in "\n".join(condition_tables(records))
 
 
 def test_selection_section_lists_neural_and_sklearn_rows_with_paths() -> None:

@@ -489,6 +489,51 @@ def test_channel_relevance_of_the_true_channel_alone_is_one(seed: int, channels:
     assert run("channel_relevance", torch.randn(4, channels, 8), mask).problems() == []
 
 
+RANDOM_N = 4000
+"""Samples per random-attribution check: the tolerance below is 5 standard errors of a per-sample score in [0, 1]."""
+
+
+def random_case(kind: str, seed: int) -> tuple[Tensor, Tensor, float]:
+    """(i.i.d. N(0, 1) attributions, one fixed mask for every sample, share of the units the mask marks)."""
+    rng = np.random.default_rng(seed)
+    if kind == "image":  # a 3x4 box on an 8x8 single-channel image: 12 of 64 pixels
+        mask = np.zeros((RANDOM_N, 1, 8, 8), dtype=bool)
+        mask[:, :, 2:5, 3:7] = True
+        shape: tuple[int, ...] = (RANDOM_N, 1, 8, 8)
+    elif kind == "tabular":  # the first 5 of 20 features, as symbolic data's relevant block
+        mask = np.zeros((RANDOM_N, 20), dtype=bool)
+        mask[:, :5] = True
+        shape = mask.shape
+    else:  # one whole channel of four
+        mask = np.zeros((RANDOM_N, 4, 16), dtype=bool)
+        mask[:, 1] = True
+        shape = mask.shape
+    attr = rng.standard_normal(shape).astype(np.float32)
+    return torch.from_numpy(attr), torch.from_numpy(mask), float(mask[0].mean())
+
+
+@pytest.mark.parametrize("kind", ["image", "tabular", "audio"])
+def test_random_attributions_score_the_chance_level(kind: str) -> None:
+    """Exchangeable random scores put every unit in the top-k, the argmax or the mass with equal chance, so the
+    expected score is the marked share (pointing game, relevance mass on |a|, relevance rank, top-k relevant and
+    top-k intersection), 1/2 for the AUC and 1/C for the channel-relevance ratio; the mean of 4,000 samples must
+    lie within 5 standard errors (SE <= 0.5 / sqrt(4000) = 0.008)."""
+    attr, mask, share = random_case(kind, seed=7)
+    tolerance = 5 * 0.5 / math.sqrt(RANDOM_N)
+    expected = {"pointing_game": share, "relevance_mass": share, "relevance_rank": share,
+                "top_k_relevant": share, "top_k_intersection": share, "attribution_auc": 0.5}
+    params = {"relevance_mass": {"pixel_aggregation": "sum_abs"}, "top_k_intersection": {"k": 3}}
+    for name, want in expected.items():
+        got = values(name, attr, mask, **params.get(name, {})).mean()
+        assert abs(got - want) < tolerance, (name, got, want)
+    if kind == "audio":
+        assert abs(values("channel_relevance", attr, mask).mean() - 0.25) < tolerance
+    if kind == "image":  # random maps' boxes cover most of the canvas: far below a perfect map's 1
+        random_iou = values("box_iou", attr, mask, sigma=1.0).mean()
+        perfect_iou = values("box_iou", mask.float(), mask, sigma=0.0).mean()
+        assert perfect_iou == 1.0 and random_iou < 0.35, random_iou
+
+
 # ------------------------------------------------------------------------------------------ (e) bad inputs
 
 

@@ -2,6 +2,9 @@
 
 * :func:`condition_tables`: localisation scores per ChaosMining condition (RBFP, RBRP, SBFP, SBRP), one table
   per (data-set family, metric), rows model · method, columns the data sets with a ``condition`` parameter.
+* :func:`generalisation_lines` (part of the condition tables): the paper's finding that attribution quality
+  tracks model generalisation, tested as a Spearman correlation between each (data set, model) cell's test
+  accuracy and its localisation score, per method and metric.
 * :func:`selection_section`: recursive feature elimination (RFEwNA and scikit-learn RFE) per data set: the
   final selection's precision, recall and error, and the path over the elimination rounds.
 * :func:`reproduction_section`: the symbolic-data scores beside the reference numbers of seed-systems.md
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 from tabulate import tabulate
 
 from harness.store import CaseRecord
@@ -76,7 +80,83 @@ def condition_tables(records: Sequence[CaseRecord]) -> list[str]:
         lines += ["", f"### {family}: {metric} ({group[0].attrs['primary']} {arrow})", "",
                   tabulate(rows, headers=["model · method", *[f"{c} ({condition[c]})" for c in columns]],
                            tablefmt="github", disable_numparse=True)]
+    return lines + generalisation_lines(chosen)
+
+
+MIN_CELLS = 4
+"""Fewest (data set, model) cells for a correlation between test accuracy and a localisation score."""
+
+
+def generalisation_lines(records: Sequence[CaseRecord]) -> list[str]:
+    """ChaosMining's finding "attribution quality tracks model generalisation" (arXiv 2406.12150, §1.3 of
+    seed-systems.md), tested on this run. Per data-set family: the models' test accuracy per (data set, model);
+    per method and metric Spearman's ρ over those cells between test accuracy and the mean localisation score;
+    and, since conditions change both accuracy and chance levels, the within-condition test: over every pair of
+    models on the same data set, how often the more accurate model also scores higher. The verdict uses the
+    within-condition pairs; random attributions are the control (chance whatever the model) and are left out."""
+    scored = [r for r in records if np.isfinite(float(r.attrs.get("model_test_score", np.nan)))]
+    accuracy: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+    for record in scored:
+        accuracy[_dataset(record)["name"]][(record.attrs["dataset"], record.attrs["model"])] = float(
+            record.attrs["model_test_score"])
+    if not any(len({m for _, m in cells}) > 1 or len(cells) >= MIN_CELLS for cells in accuracy.values()):
+        return []
+    lines = ["", "### Localisation against model generalisation", "",
+             "ChaosMining reports that attribution quality tracks model generalisation. Below: each model's test "
+             "accuracy; per method and metric Spearman's ρ between test accuracy and the mean score over the "
+             f"(data set, model) cells (n in parentheses; at least {MIN_CELLS}); and, because the conditions "
+             "move accuracy and chance levels together (random attributions correlate too), the "
+             "within-condition test: of the pairs of models on the same data set, in how many the more "
+             "accurate model also has the higher score. Random is the control and is left out of the verdict."]
+    for family, cells in accuracy.items():
+        datasets = list(dict.fromkeys(d for d, _ in cells))
+        models = list(dict.fromkeys(m for _, m in cells))
+        lines += ["", f"{family}, test accuracy:", "",
+                  tabulate([[m, *[_f(cells.get((d, m), np.nan)) for d in datasets]] for m in models],
+                           headers=["model", *datasets], tablefmt="github", disable_numparse=True)]
+        group = [r for r in scored if _dataset(r)["name"] == family]
+        metrics = list(dict.fromkeys(r.attrs["metric"] for r in group))
+        rows, agree, pairs_total = [], 0, 0
+        for method in dict.fromkeys(r.attrs["method"] for r in group):
+            row = [method]
+            for metric in metrics:
+                score = {(r.attrs["dataset"], r.attrs["model"]): _mean(r) for r in group
+                         if r.attrs["method"] == method and r.attrs["metric"] == metric and np.isfinite(_mean(r))}
+                rho, concordant, pairs = _rank_agreement(cells, score)
+                if method != "random":
+                    agree, pairs_total = agree + concordant, pairs_total + pairs
+                text = "" if not np.isfinite(rho) else f"{rho:+.2f} ({len(score)})"
+                row.append(" · ".join(t for t in (text, f"{concordant}/{pairs}" if pairs else "") if t))
+            rows.append(row)
+        lines += ["", f"{family}: ρ (cells) · within-condition pairs where the more accurate model scores "
+                  "higher:", "",
+                  tabulate(rows, headers=["method", *metrics], tablefmt="github", disable_numparse=True)]
+        if pairs_total:
+            share = agree / pairs_total
+            verdict = ("holds" if share >= 0.75 else "holds for most pairs" if share > 0.5 else "does not hold")
+            lines += ["", f"Verdict ({family}): within a condition the more accurate model scores higher in "
+                      f"{agree} of {pairs_total} model pairs × methods × metrics ({share:.0%}): the finding "
+                      f"{verdict} here."]
     return lines
+
+
+def _rank_agreement(accuracy: dict[tuple[str, str], float],
+                    score: dict[tuple[str, str], float]) -> tuple[float, int, int]:
+    """(Spearman ρ over the shared cells or NaN, concordant within-data-set model pairs, pairs with distinct
+    accuracies and scores)."""
+    shared = [cell for cell in score if cell in accuracy]
+    acc, val = [accuracy[c] for c in shared], [score[c] for c in shared]
+    rho = np.nan
+    if len(shared) >= MIN_CELLS and len(set(acc)) > 1 and len(set(val)) > 1:
+        rho = float(spearmanr(acc, val).statistic)
+    concordant = pairs = 0
+    for i, (data_i, _) in enumerate(shared):
+        for j in range(i + 1, len(shared)):
+            if shared[j][0] != data_i or acc[i] == acc[j] or val[i] == val[j]:
+                continue
+            pairs += 1
+            concordant += (acc[i] - acc[j]) * (val[i] - val[j]) > 0
+    return rho, concordant, pairs
 
 
 def _selector(record: CaseRecord) -> str:
