@@ -65,8 +65,8 @@ def condition_tables(records: Sequence[CaseRecord]) -> list[str]:
     if not chosen:
         return []
     lines = ["", "## Ground truth by condition (ChaosMining)", "",
-             "RB / SB: random-noise / structured (natural) background; FP / RP: object (or foreground channel) "
-             "at a fixed / random position. Mean of each metric's primary output over the test samples."]
+             ("RB / SB: random-noise / structured (natural) background; FP / RP: object (or foreground channel) "
+             "at a fixed / random position. Mean of each metric's primary output over the test samples.")]
     groups: dict[tuple[str, str], list[CaseRecord]] = defaultdict(list)
     for record in chosen:
         groups[(_dataset(record)["name"], record.attrs["metric"])].append(record)
@@ -102,12 +102,12 @@ def generalisation_lines(records: Sequence[CaseRecord]) -> list[str]:
     if not any(len({m for _, m in cells}) > 1 or len(cells) >= MIN_CELLS for cells in accuracy.values()):
         return []
     lines = ["", "### Localisation against model generalisation", "",
-             "ChaosMining reports that attribution quality tracks model generalisation. Below: each model's test "
+             ("ChaosMining reports that attribution quality tracks model generalisation. Below: each model's test "
              "accuracy; per method and metric Spearman's ρ between test accuracy and the mean score over the "
              f"(data set, model) cells (n in parentheses; at least {MIN_CELLS}); and, because the conditions "
              "move accuracy and chance levels together (random attributions correlate too), the "
              "within-condition test: of the pairs of models on the same data set, in how many the more "
-             "accurate model also has the higher score. Random is the control and is left out of the verdict."]
+             "accurate model also has the higher score. Random is the control and is left out of the verdict.")]
     for family, cells in accuracy.items():
         datasets = list(dict.fromkeys(d for d, _ in cells))
         models = list(dict.fromkeys(m for _, m in cells))
@@ -128,15 +128,15 @@ def generalisation_lines(records: Sequence[CaseRecord]) -> list[str]:
                 text = "" if not np.isfinite(rho) else f"{rho:+.2f} ({len(score)})"
                 row.append(" · ".join(t for t in (text, f"{concordant}/{pairs}" if pairs else "") if t))
             rows.append(row)
-        lines += ["", f"{family}: ρ (cells) · within-condition pairs where the more accurate model scores "
-                  "higher:", "",
+        lines += ["", (f"{family}: ρ (cells) · within-condition pairs where the more accurate model scores "
+                  "higher:"), "",
                   tabulate(rows, headers=["method", *metrics], tablefmt="github", disable_numparse=True)]
         if pairs_total:
             share = agree / pairs_total
             verdict = ("holds" if share >= 0.75 else "holds for most pairs" if share > 0.5 else "does not hold")
-            lines += ["", f"Verdict ({family}): within a condition the more accurate model scores higher in "
+            lines += ["", (f"Verdict ({family}): within a condition the more accurate model scores higher in "
                       f"{agree} of {pairs_total} model pairs × methods × metrics ({share:.0%}): the finding "
-                      f"{verdict} here."]
+                      f"{verdict} here.")]
     return lines
 
 
@@ -172,14 +172,14 @@ def selection_section(records: Sequence[CaseRecord]) -> list[str]:
     if not chosen:
         return []
     lines = ["", "## Feature selection (RFEwNA and scikit-learn RFE)", "",
-             "Recursive feature elimination: each round refits the model (or estimator) on the kept features, "
+             ("Recursive feature elimination: each round refits the model (or estimator) on the kept features, "
              "ranks them by mean |attribution| on the test split (or the estimator's coefficients / "
              "importances) and drops the lowest share, down to the number of relevant features. Precision = "
              "relevant share of the kept features, recall = share of the relevant features kept, error = test "
-             "MAE (regression) or 1 - accuracy. Mean over repeats.", "",
-             "Reference (seed-systems.md §1.2; formulas with m = 6..10, 150 noise features): neural RFE with "
+             "MAE (regression) or 1 - accuracy. Mean over repeats."), "",
+             ("Reference (seed-systems.md §1.2; formulas with m = 6..10, 150 noise features): neural RFE with "
              "attribution reaches precision 0.67-1.0 at MAE 0.010-0.017; classic RFE with linear / tree / SVM "
-             "estimators 0.29-0.88 at MAE 0.04-0.11."]
+             "estimators 0.29-0.88 at MAE 0.04-0.11.")]
     by_dataset: dict[str, list[CaseRecord]] = defaultdict(list)
     for record in chosen:
         by_dataset[record.attrs["dataset"]].append(record)
@@ -225,10 +225,10 @@ def reproduction_section(records: Sequence[CaseRecord]) -> list[str]:
         return {**PAPER_DEFAULT, **{k: v for k, v in _dataset(record)["params"].items() if k in PAPER_DEFAULT}}
 
     lines = ["", "## Reproduction: ChaosMining symbolic data", "",
-             "Mean over the formulas present of each method's per-formula mean score (top-k: share of the m "
+             ("Mean over the formulas present of each method's per-formula mean score (top-k: share of the m "
              "top-|attribution| features that are relevant; uniformity: agreement with the method's analytic "
              "ground truth). *paper*: seed-systems.md §1.1 (the original's notebooks, 15 formulas, 10,000 "
-             f"samples, 100 noise features, label noise 0.01). Agreement: |difference| < {AGREE}."]
+             f"samples, 100 noise features, label noise 0.01). Agreement: |difference| < {AGREE}.")]
     default = [r for r in topk + unif if config(r) == PAPER_DEFAULT]
     rows = []
     metrics = dict.fromkeys((r.attrs["metric"], _spec(r)["metric"]["name"]) for r in default)
@@ -259,18 +259,18 @@ def reproduction_section(records: Sequence[CaseRecord]) -> list[str]:
         lines += ["", "(No case ran at the paper's default configuration.)"]
     lines += ["", *noise_trend(topk, config)]
     lines += ["", "Known definitional differences from the original (they explain gaps, not noise):", "",
-              "- Uniformity normalises the attribution over the relevant features, as the ground truth; the "
+              ("- Uniformity normalises the attribution over the relevant features, as the ground truth; the "
               "original normalised it over all features (a bug, seed-systems.md §1.1). A method that puts mass "
               "on noise features scores higher here than there; `attribution_norm = \"all\"` restores the "
-              "original's definition.",
-              "- Saliency against the signed derivative: captum's default |grad| (the original's choice) cannot "
+              "original's definition."),
+              ("- Saliency against the signed derivative: captum's default |grad| (the original's choice) cannot "
               "match a negative derivative; the signed gradient (`saliency` with `abs = false`) is the fair "
               "comparison. Both are listed where the suite runs both; top-k uses |attribution| and is the same "
-              "for both.",
+              "for both."),
               "- DeepLift has no analytic ground truth here (as in the paper), so it has no uniformity score.",
-              "- Models are trained with this suite's recipe (see the model lines above: epochs, R²); the "
+              ("- Models are trained with this suite's recipe (see the model lines above: epochs, R²); the "
               "paper trained 1000 full-batch epochs. Fewer epochs or samples give lower top-k, as the paper's "
-              "own data-size trend shows."]
+              "own data-size trend shows.")]
     return lines
 
 
@@ -298,7 +298,7 @@ def noise_trend(topk: Sequence[CaseRecord], config: Any) -> list[str]:
             _f(float(np.mean(cells[(method, n)]))) + (f" ({paper[n][col]:.2f})" if col and n in paper
                                                       and col in paper[n] else "")
             for n in levels]])
-    return [f"Top-k over the number of noise features (mean over the formulas run at every level: "
+    return [(f"Top-k over the number of noise features (mean over the formulas run at every level: "
             f"{', '.join(str(f) for f in sorted(common))}; the paper's value, a mean over all 15 formulas, in "
-            "parentheses where it reports one):", "",
+            "parentheses where it reports one):"), "",
             tabulate(rows, headers=["method", *[f"{n} noise" for n in levels]], tablefmt="github", disable_numparse=True)]
