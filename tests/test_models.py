@@ -33,7 +33,7 @@ SHAPES = {
 
 def first_shape(name: str) -> tuple[int, ...]:
     """A small input shape the model takes (its first modality's first shape)."""
-    return SHAPES[sorted(MODELS.get(name).modalities)[0]][0]
+    return SHAPES[min(MODELS.get(name).modalities)][0]
 LOG = logging.getLogger("tests.training")
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Setting forward, backward hooks:UserWarning"),

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-import harness.methods  # noqa: F401  (registers the methods)
-import harness.metrics  # noqa: F401
-import harness.models  # noqa: F401
+import harness.methods
+import harness.metrics
+import harness.models  # noqa: F401  (registers the models)
 from harness.cache import Cache
 from harness.cases import NO_METHOD, expand
 from harness.models.training import build_model, regression_scores, train_model
