@@ -270,7 +270,8 @@ class ModelSpec(Spec):
     """``build(input_shape: tuple[int, ...], num_classes: int, **params) -> nn.Module``."""
     modalities: frozenset[str]
     traits: frozenset[str] = frozenset()
-    """Structural facts methods may need, e.g. ``"conv2d"`` (has an ``nn.Conv2d``: GradCAM's layer)."""
+    """Structural facts methods may need, e.g. ``"conv2d"`` (convolutional feature maps, an ``nn.Conv2d`` GradCAM can
+    use; a ViT's patch embedding does not count)."""
 
 
 @dataclass(frozen=True)

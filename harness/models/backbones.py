@@ -1,7 +1,9 @@
 """The torchvision backbones of ChaosMining and two CIFAR ResNets, all safe for captum's DeepLift.
 
 ChaosMining (arXiv 2406.12150, §1.3 of the seed notes) trains torchvision alexnet, googlenet, densenet121,
-resnet18, resnet50 and vgg13 with a ``Linear(1000, 10)`` head on top of the 1000-way output. Here:
+resnet18, resnet50 and vgg13 with a ``Linear(1000, 10)`` head on top of the 1000-way output (its two Vision
+Transformers, vit_b_16 and vit_l_32, are in :mod:`harness.models.vit` and share the surgery of :func:`assemble`
+and the weight loading here). Here:
 
 * **DeepLift safety.** captum's DeepLift hooks every non-linearity module, so each ReLU use must be its own
   non-inplace ``nn.ReLU`` instance. torchvision's ResNet blocks call one ``self.relu`` two or three times,
@@ -132,13 +134,15 @@ class UpsampleToMin(nn.Module):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def _clear_inplace(model: nn.Module) -> None:
+def clear_inplace(model: nn.Module) -> None:
     for module in model.modules():
         if getattr(module, "inplace", False):
             module.inplace = False
 
 
-def _replace(model: nn.Module, kind: type[nn.Module], make: Callable[[nn.Module], nn.Module], last: bool) -> None:
+def replace_module(
+    model: nn.Module, kind: type[nn.Module], make: Callable[[nn.Module], nn.Module], last: bool
+) -> None:
     """Swap the first (or ``last``) submodule of type ``kind`` for ``make(old)``."""
     names = [name for name, module in model.named_modules() if isinstance(module, kind)]
     parent_name, _, child = names[-1 if last else 0].rpartition(".")
@@ -155,7 +159,8 @@ def adapt_weight(weight: torch.Tensor, channels: int) -> torch.Tensor:
     return weight.repeat(1, repeat, 1, 1)[:, :channels] * (weight.shape[1] / channels)
 
 
-def _input_conv(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
+def input_conv(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
+    """A copy of ``conv`` taking ``channels`` inputs, its weights adapted by :func:`adapt_weight`."""
     new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     bias=conv.bias is not None)
     with torch.no_grad():
@@ -178,16 +183,22 @@ def weights_file(path: str, name: str) -> Path:
     return file
 
 
-def load_pretrained(model: nn.Module, file: Path, name: str) -> None:
-    """Load the state dict in ``file`` into ``model`` (strict, ``weights_only``)."""
+StateDict = dict[str, torch.Tensor]
+
+
+def load_pretrained(
+    model: nn.Module, file: Path, name: str, adapt: Callable[[StateDict], StateDict] | None = None
+) -> None:
+    """Load the state dict in ``file`` into ``model`` (strict, ``weights_only``), first passed through ``adapt``
+    if given (which may raise KeyError, ValueError or TypeError on a foreign state dict)."""
     state = torch.load(file, map_location="cpu", weights_only=True)
     try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
+        model.load_state_dict(adapt(state) if adapt is not None else state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise ParamError(f"model {name}: {str(file)!r} is not a state dict of this model: {err}") from err
 
 
-def _check_image_shape(name: str, input_shape: tuple[int, ...]) -> None:
+def check_image_shape(name: str, input_shape: tuple[int, ...]) -> None:
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ParamError(f"model {name}: needs (C, H, W) inputs, got input_shape {tuple(input_shape)}")
 
@@ -196,7 +207,7 @@ def build_torchvision(
     input_shape: tuple[int, ...], num_classes: int, *, name: str, pretrained: str, head: str, small_input: str,
 ) -> nn.Sequential:
     """``[UpsampleToMin] -> backbone -> [Linear(1000, num_classes)]``; see the module docstring."""
-    _check_image_shape(name, input_shape)
+    check_image_shape(name, input_shape)
     factory, min_size = TORCHVISION[name]
     channels, height, width = input_shape
     if min(height, width) < min_size and small_input == "error":
@@ -208,14 +219,23 @@ def build_torchvision(
     backbone = factory()
     if file is not None:
         load_pretrained(backbone, file, name)
-    _clear_inplace(backbone)
+    resize = UpsampleToMin(min_size) if min(height, width) < min_size else None
+    return assemble(backbone, channels, num_classes, head=head, resize=resize)
+
+
+def assemble(
+    backbone: nn.Module, channels: int, num_classes: int, *, head: str, resize: nn.Module | None
+) -> nn.Sequential:
+    """``[resize] -> backbone -> [Linear(1000, num_classes)]`` after the surgery every torchvision backbone gets:
+    in-place flags cleared, the first ``nn.Conv2d`` adapted to ``channels`` inputs, the head (module docstring)."""
+    clear_inplace(backbone)
     if channels != 3:
-        _replace(backbone, nn.Conv2d, lambda conv: _input_conv(conv, channels), last=False)
+        replace_module(backbone, nn.Conv2d, lambda conv: input_conv(conv, channels), last=False)
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    if min(height, width) < min_size:
-        layers["resize"] = UpsampleToMin(min_size)
+    if resize is not None:
+        layers["resize"] = resize
     if head == "replace":
-        _replace(backbone, nn.Linear, lambda fc: nn.Linear(fc.in_features, num_classes), last=True)
+        replace_module(backbone, nn.Linear, lambda fc: nn.Linear(fc.in_features, num_classes), last=True)
     layers["backbone"] = backbone
     if head == "stack":
         layers["head"] = nn.Linear(1000, num_classes)
@@ -278,7 +298,7 @@ CIFAR: dict[str, tuple[tuple[int, ...], int]] = {"resnet8": ((64, 128, 256), 1),
 
 
 def build_cifar_resnet(input_shape: tuple[int, ...], num_classes: int, *, name: str, pretrained: str) -> CifarResNet:
-    _check_image_shape(name, input_shape)
+    check_image_shape(name, input_shape)
     file = weights_file(pretrained, name) if pretrained else None
     widths, blocks = CIFAR[name]
     model = CifarResNet(input_shape[0], num_classes, widths, blocks)
@@ -290,13 +310,26 @@ def build_cifar_resnet(input_shape: tuple[int, ...], num_classes: int, *, name: 
 # ---- registration ---------------------------------------------------------------------------------------
 
 
-INEXACT_DEEPLIFT = frozenset({"alexnet", "googlenet"})
-"""Backbones where captum 0.9's DeepLift MaxPool2d rule breaks summation-to-delta (checked in float64)."""
+_NO_VIT_RULE = (
+    "GELU is not among captum 0.9's DeepLift non-linearities, and the softmax and query-key products of "
+    "nn.MultiheadAttention are functional calls DeepLift cannot hook, so all get plain gradients"
+)
+INEXACT_DEEPLIFT: dict[str, str] = {
+    "alexnet": "captum 0.9's MaxPool2d rule breaks summation-to-delta",
+    "googlenet": "captum 0.9's MaxPool2d rule breaks summation-to-delta",
+    "vit_b_16": _NO_VIT_RULE,
+    "vit_l_32": _NO_VIT_RULE,
+}
+"""Backbones on which DeepLift runs but summation-to-delta fails (checked in float64) -> why."""
+
+
+def deeplift_caveat(name: str) -> str:
+    """The sentence a model description ends with when DeepLift is inexact on it, else ""."""
+    return f" DeepLift runs but is inexact here ({INEXACT_DEEPLIFT[name]})." if name in INEXACT_DEEPLIFT else ""
 
 
 def _register_torchvision(name: str) -> None:
     min_size = TORCHVISION[name][1]
-    caveat = " DeepLift runs but is inexact here (captum's MaxPool2d rule)." if name in INEXACT_DEEPLIFT else ""
     MODELS.add(name, ModelSpec(
         name=name,
         build=partial(build_torchvision, name=name),
@@ -310,7 +343,7 @@ def _register_torchvision(name: str) -> None:
             "1000-way output (the paper), 'replace' = new last Linear; C != 3 input channels adapt the first "
             f"conv (timm rule); minimum input side {min_size} px (small_input 'resize' upsamples smaller inputs, "
             "'error' refuses them); pretrained = path to a cached torchvision state dict (never downloaded)."
-            + caveat
+            + deeplift_caveat(name)
         ),
     ))
 
