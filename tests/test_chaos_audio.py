@@ -1,8 +1,8 @@
 """chaos_audio: the ChaosMining audio conditions (arXiv 2406.12150; seed create_audio_data.py)."""
 from __future__ import annotations
 
+import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +14,17 @@ from scipy import stats
 from scipy.io import wavfile
 from scipy.signal import stft
 from sklearn.linear_model import LogisticRegression
+from torchaudio.functional import resample
 
 import harness.data  # noqa: F401  (registers the datasets)
+from harness.data import chaos_audio
 from harness.data.chaos_audio import (
     CONDITIONS,
     MAX_WORDS,
     POOL,
     SPEECH_COMMANDS_WORDS,
     ambient_pool,
+    read_recording,
     structured_background,
     synth_words,
     vocabulary,
@@ -240,8 +243,142 @@ def test_speech_commands_are_read_from_data_root(tmp_path: Path) -> None:
     assert (half[:, 8000:] == 0).all() and (half[:, 1000:5900].abs() > 0.4).all()
 
 
-def test_smoke_size_builds_in_seconds() -> None:
-    start = time.perf_counter()
-    bundle = build(0, condition="SBRP", channels=10, length=4000, n_train=600, n_test=100)
-    assert time.perf_counter() - start < 6.0
-    assert bundle.x_train.shape == (600, 10, 4000)
+def test_synthetic_vocabulary_is_as_large_as_speech_commands() -> None:
+    """The speed of building is measured in benchmarks/test_data_speed.py; here the word counts agree."""
+    assert len(SPEECH_COMMANDS_WORDS) == MAX_WORDS == 35
+
+
+def one_signed(samples: int, rate: int, sign: float, seed: int) -> np.ndarray:
+    """sign * (0.5 + 0.25 sin(2 pi 440 t) + 0.1 U[0, 1)): distinct samples, all of one sign (|x| in [0.25, 0.85])."""
+    t = np.arange(samples) / rate
+    return sign * (0.5 + 0.25 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.random.default_rng(seed).random(samples))
+
+
+def write_ambient(root: Path) -> None:
+    """Train recordings positive, test recordings negative; int16 / int32 / uint8 / float32, one at 8 kHz, one
+    stereo (second channel of the other sign), one shorter than a crop (2,000 samples); a non-WAV file."""
+    train, test = root / "ambient" / "train", root / "ambient" / "test"
+    train.mkdir(parents=True)
+    test.mkdir(parents=True)
+    wavfile.write(train / "a_int16.wav", 16000, (one_signed(5000, 16000, 1, 0) * 32768).astype(np.int16))
+    stereo = np.stack([one_signed(6000, 16000, 1, 1), one_signed(6000, 16000, -1, 2)], axis=1)
+    wavfile.write(train / "b_stereo.wav", 16000, stereo.astype(np.float32))
+    wavfile.write(train / "c_8khz.wav", 8000, (one_signed(3000, 8000, 1, 3) * 32768).astype(np.int16))
+    wavfile.write(train / "d_short.wav", 16000, one_signed(1200, 16000, 1, 4).astype(np.float32))
+    (train / "notes.txt").write_text("not a recording")
+    wavfile.write(test / "e_float.wav", 16000, one_signed(7000, 16000, -1, 5).astype(np.float32))
+    wavfile.write(test / "f_int32.wav", 16000, (one_signed(4000, 16000, -1, 6) * 2**31).astype(np.int32))
+    wavfile.write(test / "g_uint8.wav", 16000, (128 + one_signed(4500, 16000, -1, 7) * 128).astype(np.uint8))
+
+
+def reference(path: Path, keep: int | None = None) -> np.ndarray:
+    """The seed's rule in plain numpy: first channel at 16 kHz, divided by the 99th percentile of the whole
+    |recording|, clipped to [-1, 1]; the first ``keep`` samples."""
+    rate, raw = wavfile.read(path)
+    wave = (raw if raw.ndim == 1 else raw[:, 0]).astype(np.float64) - (128.0 if raw.dtype == np.uint8 else 0.0)
+    if rate != 16000:
+        wave = resample(torch.from_numpy(wave), rate, 16000).numpy()
+    return np.clip(wave / np.quantile(np.abs(wave), 0.99), -1.0, 1.0)[:keep]
+
+
+def source_of(crops: torch.Tensor, recordings: list[np.ndarray]) -> list[int]:
+    """For each crop (rows of (m, T)) the recording it is a circular window of (a recording shorter than the
+    pool is tiled); fails if a crop is a window of none."""
+    crops_np, length = crops.double().numpy(), crops.shape[1]
+    best = np.full(len(crops_np), np.inf)
+    found = np.full(len(crops_np), -1)
+    for index, ref in enumerate(recordings):
+        windows = np.lib.stride_tricks.sliding_window_view(np.resize(ref, len(ref) + length - 1), length)
+        distance = ((windows[None, :, :16] - crops_np[:, None, :16]) ** 2).sum(axis=2)  # match on 16 samples
+        start = distance.argmin(axis=1)
+        close = np.array([np.allclose(windows[s], c, atol=1e-5) for s, c in zip(start, crops_np, strict=True)])
+        better = close & (distance[np.arange(len(crops_np)), start] < best)
+        best[better], found[better] = distance[better, start[better]], index
+    assert (found >= 0).all(), f"{int((found < 0).sum())} crops are no window of any recording"
+    return found.tolist()
+
+
+def test_read_recording_normalises_every_sample_type(tmp_path: Path) -> None:
+    write_ambient(tmp_path)
+    train, test = tmp_path / "ambient" / "train", tmp_path / "ambient" / "test"
+    for path, seed, sign, step in ((train / "a_int16.wav", 0, 1, 2**-15), (test / "f_int32.wav", 6, -1, 2**-31),
+                                   (test / "g_uint8.wav", 7, -1, 2**-7)):  # written at full scale, truncated
+        wave = read_recording(path, 16000)
+        assert wave.dtype == np.float32 and -1.0 <= wave.min() and wave.max() <= 1.0
+        assert np.abs(wave - one_signed(len(wave), 16000, sign, seed)).max() <= step + 1e-7, path.name
+    stereo = read_recording(train / "b_stereo.wav", 16000)
+    assert np.allclose(stereo, one_signed(6000, 16000, 1, 1), atol=1e-7), "the first channel"
+    resampled = read_recording(train / "c_8khz.wav", 16000)
+    assert len(resampled) == 6000 and len(read_recording(train / "c_8khz.wav", 8000)) == 3000
+    wavfile.write(tmp_path / "wide.wav", 16000, np.arange(100, dtype=np.int64))
+    with pytest.raises(ParamError, match=r"wide\.wav.*int64.*valid: uint8, int16"):
+        read_recording(tmp_path / "wide.wav", 16000)
+
+
+@pytest.mark.parametrize("condition", ["SBFP", "SBRP"])
+def test_recordings_are_the_background_scaled_and_clipped(tmp_path: Path, condition: str) -> None:
+    """Every background channel is a crop of one recording of its split's folder, scaled by the 99th
+    percentile of the whole recording and clipped (compared with plain numpy); every recording is used:
+    the stereo file by its first channel, the 8 kHz one resampled, the short one tiled."""
+    write_ambient(tmp_path)
+    bundle = build(0, condition=condition, background="recordings", data_root=str(tmp_path))
+    assert bundle.x_train.shape == (48, 4, 2000) and bundle.x_test.shape == (32, 4, 2000)
+    assert (bundle.mask_test.sum(dim=(1, 2)) == 1).all()
+    train_mask = torch.zeros_like(bundle.x_train[..., :1], dtype=torch.bool)
+    if condition == "SBFP":
+        train_mask[:, 0] = True
+    else:  # the word's channel is the one zero-padded around the word
+        train_mask[..., 0] = (bundle.x_train == 0).float().mean(dim=2) > 0.2
+    train, test = background(bundle.x_train, train_mask), background(bundle.x_test, bundle.mask_test)
+    assert (train > 0).all() and (test < 0).all(), "train crops from train files, test crops from test files"
+    assert float(train.max()) == 1.0 and float(test.min()) == -1.0, "the loudest 1 % clip at +-1"
+    folder = tmp_path / "ambient"
+    train_refs = [reference(folder / "train" / name) for name in ("a_int16.wav", "b_stereo.wav", "c_8khz.wav",
+                                                                 "d_short.wav")]
+    test_refs = [reference(folder / "test" / name) for name in ("e_float.wav", "f_int32.wav", "g_uint8.wav")]
+    assert set(source_of(train.flatten(0, 1), train_refs)) == {0, 1, 2, 3}
+    assert set(source_of(test.flatten(0, 1), test_refs)) == {0, 1, 2}
+
+
+def test_recordings_pool_is_capped_in_count_and_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most POOL recordings per split (a random subset of the folder), each cut to AMBIENT_SECONDS (the
+    scale is still the whole recording's 99th percentile)."""
+    write_ambient(tmp_path)
+    monkeypatch.setattr(chaos_audio, "POOL", 2)
+    monkeypatch.setattr(chaos_audio, "AMBIENT_SECONDS", 0.25)  # 4,000 samples at 16 kHz
+    bundle = build(1, condition="SBFP", background="recordings", data_root=str(tmp_path), n_test=64)
+    folder = tmp_path / "ambient" / "test"
+    cut = [reference(folder / name, keep=4000) for name in ("e_float.wav", "f_int32.wav", "g_uint8.wav")]
+    used = set(source_of(bundle.x_test[:, 1:].flatten(0, 1), cut))  # windows of the cut recordings, tiled
+    assert len(used) == 2 and 0 in used, f"two of the three test recordings, e (7,000 samples) one: {used}"
+
+
+def test_recordings_are_deterministic_per_seed(tmp_path: Path) -> None:
+    write_ambient(tmp_path)
+    first, again, other = (build(seed, condition="SBRP", background="recordings", data_root=str(tmp_path)).arrays()
+                           for seed in (3, 3, 4))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["x_test"], other["x_test"])
+
+
+def test_random_background_ignores_recordings() -> None:
+    """RB is noise, as in the seed, whatever ``background`` says: no folder is needed or read."""
+    plain = build(2, condition="RBRP").arrays()
+    given = build(2, condition="RBRP", background="recordings", data_root="/nowhere").arrays()
+    assert all(torch.equal(plain[k], given[k]) for k in plain)
+
+
+def test_missing_recordings_say_how_to_get_them(tmp_path: Path) -> None:
+    how = "rfcx-species-audio-detection.*ffmpeg -i x.flac x.wav.*Nothing is downloaded"
+    train, test = tmp_path / "ambient" / "train", tmp_path / "ambient" / "test"
+    with pytest.raises(FileNotFoundError, match=f"ambient folder {re.escape(str(train))} not found.*{how}"):
+        build(0, condition="SBFP", background="recordings", data_root=str(tmp_path))
+    train.mkdir(parents=True)
+    (train / "readme.txt").write_text("no audio here")
+    with pytest.raises(FileNotFoundError, match=f"no .wav files in {re.escape(str(train))}: .*{how}"):
+        build(0, condition="SBRP", background="recordings", data_root=str(tmp_path))
+    wavfile.write(train / "a.wav", 16000, np.ones(3000, dtype=np.float32))
+    with pytest.raises(FileNotFoundError, match=f"ambient folder {re.escape(str(test))} not found"):
+        build(0, condition="SBRP", background="recordings", data_root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="data_root=''"):
+        build(0, condition="SBRP", background="recordings")

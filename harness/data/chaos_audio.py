@@ -23,6 +23,15 @@ Here, offline by default:
   (:func:`ambient_pool`: coloured noise with slow swells, sparse resonant "drops", a low hum), each 4 clips
   long and scaled by its 99th-percentile amplitude; each channel is a random crop of a random recording,
   clipped to [-1, 1]. Train and test pools are different recordings, as the seed's folders are.
+  ``recordings``: real ambience, the seed's rfcx audio converted to WAV, read from ``<data_root>/ambient/train``
+  for the train split and ``<data_root>/ambient/test`` for the test split (:func:`recording_pool`): at most
+  :data:`POOL` recordings per split (all of them if fewer, else a random subset), loaded one at a time in sorted
+  name order, first channel, resampled to ``sample_rate``, each divided by the 99th percentile of its whole
+  |recording| (the seed's ``max_volume``), then cut to :data:`AMBIENT_SECONDS` and tiled (repeated end to end)
+  up to the longest kept recording, so a recording shorter than a crop (or than the others) wraps around
+  instead of leaving silence. The crops and the clipping are the synthetic pool's (:func:`structured_background`).
+  Memory of the pool: at most ``POOL * max(length, AMBIENT_SECONDS * sample_rate) * 4`` bytes (123 MB at
+  16 kHz) plus one recording being read. RB conditions ignore ``background``: the seed's RB is noise.
 
 ``mask_test`` is (n_test, channels, 1), True on the foreground channel. Everything random comes from one
 ``numpy.random.Generator(seed)``, spawned into independent train and test streams (so the test set does not
@@ -31,17 +40,26 @@ depend on ``n_train``). Memory: x takes (n_train + n_test) * channels * length *
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness.data.chaos_audio_synth import (
+    MAX_WORDS,
+    Vocabulary,
+    ambient_pool,
+    by_99th_percentile,
+    synth_words,
+    vocabulary,
+)
 from harness.specs import DATASETS, DataBundle, DatasetSpec, ParamError
 
 CONDITIONS = ("RBFP", "RBRP", "SBFP", "SBRP")
 SOURCES = ("synthetic", "speech_commands")
-BACKGROUNDS = ("synthetic",)
+BACKGROUNDS = ("synthetic", "recordings")
 SPEECH_COMMANDS_WORDS = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go",
     "happy", "house", "learn", "left", "marvin", "nine", "no", "off", "on", "one", "right", "seven", "sheila",
@@ -49,135 +67,93 @@ SPEECH_COMMANDS_WORDS = (
 )
 """The 35 Speech Commands v2 words, sorted as the seed sorts its labels."""
 RB_STD = 0.25
-MAX_WORDS = len(SPEECH_COMMANDS_WORDS)
-VOCAB_SEED = 240612150
-"""Fixed seed of the synthetic vocabulary: word k is the same pattern for every data seed."""
-DESIGN_RATE = 16000.0
-"""Word frequencies are given at 16 kHz and scale with sample_rate / 16 kHz (the same samples at any rate)."""
-FORMANTS = 400.0 * 2.0 ** (np.arange(6) / 2)
-"""Syllable formant (carrier) levels, half an octave apart: 400 Hz to 2.26 kHz."""
-CONTOURS = np.array([  # log2 glide = a * u + b * sin(pi u) + w * sin(6 pi u), u in [0, 1) over a syllable
-    [0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [-0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, -0.5, 0.0], [0.0, 0.0, 0.08],
-])
-"""Syllable glides: flat, rise, fall, rise-fall, fall-rise, warble (up to half an octave)."""
 POOL = 32
-"""Synthetic ambient recordings per split."""
-CHUNK = 64
-"""Rows synthesised at once (bounds the temporary memory of the word synthesis)."""
+"""Ambient recordings per split: synthesised, or at most this many read from the split's folder."""
+AMBIENT_SECONDS = 60.0
+"""Of each real recording at most its first 60 s are kept (rfcx recordings are 60 s long)."""
+def ambient_files(data_root: str, split: str) -> list[Path]:
+    """The WAV files of ``<data_root>/ambient/<split>``, sorted by name; FileNotFoundError saying how to get
+    them if there are none."""
+    folder = Path(data_root).expanduser() / "ambient" / split
+    how = (
+        "background 'recordings' reads <data_root>/ambient/train/*.wav for the train split and "
+        "<data_root>/ambient/test/*.wav for the test split. On a machine with network download the Kaggle "
+        "competition data rfcx-species-audio-detection (kaggle competitions download -c "
+        "rfcx-species-audio-detection), convert its FLAC files to WAV (e.g. ffmpeg -i x.flac x.wav), put its "
+        "train/ files in ambient/train and its test/ files in ambient/test under data_root, or use "
+        "background='synthetic'. Nothing is downloaded at run time."
+    )
+    if not data_root:
+        raise FileNotFoundError(f"dataset chaos_audio: no ambient recordings (data_root={data_root!r}): {how}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset chaos_audio: ambient folder {folder} not found: {how}")
+    files = sorted(path for path in folder.iterdir() if path.suffix.lower() == ".wav" and path.is_file())
+    if not files:
+        raise FileNotFoundError(f"dataset chaos_audio: no .wav files in {folder}: {how}")
+    return files
 
 
-@dataclass(frozen=True)
-class Vocabulary:
-    """Per word (rows) and syllable (columns, 3; a 2-syllable word has weight 0 in the last): glide
-    (:data:`CONTOURS` index), formant (:data:`FORMANTS` index) and relative length."""
+def read_recording(path: Path, sample_rate: int) -> np.ndarray:
+    """The first channel of the WAV file ``path`` as float32, integers by their full scale (int16 / 32768,
+    int32 / 2**31 (24-bit files too: scipy left-justifies them), uint8 (x - 128) / 128), floats as stored,
+    resampled to ``sample_rate``."""
+    from scipy.io import wavfile
 
-    contour: np.ndarray
-    level: np.ndarray
-    weight: np.ndarray
+    with warnings.catch_warnings():  # ffmpeg writes a LIST chunk, which scipy skips with a warning
+        warnings.simplefilter("ignore", wavfile.WavFileWarning)
+        try:
+            rate, raw = wavfile.read(path)
+        except ValueError as err:
+            raise ParamError(f"dataset chaos_audio: cannot read ambient recording {path} as WAV: {err}") from err
+    raw = raw if raw.ndim == 1 else raw[:, 0]
+    if raw.dtype == np.uint8:
+        wave = (raw.astype(np.float32) - 128.0) / 128.0
+    elif raw.dtype in (np.int16, np.int32):
+        wave = raw.astype(np.float32) / float(2 ** (8 * raw.dtype.itemsize - 1))
+    elif raw.dtype in (np.float32, np.float64):
+        wave = raw.astype(np.float32)
+    else:
+        raise ParamError(f"dataset chaos_audio: ambient recording {path} has samples of type {raw.dtype}; "
+                         "valid: uint8, int16, int32, float32, float64")
+    if len(wave) == 0:
+        raise ParamError(f"dataset chaos_audio: ambient recording {path} is empty")
+    if rate != sample_rate:
+        from torchaudio.functional import resample
+
+        wave = resample(torch.from_numpy(wave), rate, sample_rate).numpy()
+    return wave
 
 
-def vocabulary(words: int) -> Vocabulary:
-    """The first ``words`` words of the fixed vocabulary: distinct sequences of 2 or 3 (glide, formant)
-    syllables, drawn once from :data:`VOCAB_SEED`."""
-    rng = np.random.default_rng(VOCAB_SEED)
-    seen: set[tuple[int, ...]] = set()
-    contour, level = np.zeros((MAX_WORDS, 3), dtype=np.int64), np.zeros((MAX_WORDS, 3), dtype=np.int64)
-    weight = np.zeros((MAX_WORDS, 3))
-    row = 0
-    while row < MAX_WORDS:
-        count = int(rng.integers(2, 4))
-        shape, height = rng.integers(0, len(CONTOURS), 3), rng.integers(0, len(FORMANTS), 3)
-        key = (count, *shape[:count], *height[:count])
-        repeated = any(height[i] == height[i + 1] and shape[i] == shape[i + 1] for i in range(count - 1))
-        if key in seen or repeated:
-            continue
-        seen.add(key)
-        contour[row], level[row] = shape, height
-        weight[row, :count] = rng.choice([1.0, 1.5, 2.0], size=count)
-        row += 1
-    return Vocabulary(contour[:words], level[:words], weight[:words])
-
-
-def synth_words(
-    rng: np.random.Generator, labels: np.ndarray, vocab: Vocabulary, *, length: int, sample_rate: int
+def recording_pool(
+    rng: np.random.Generator, files: Sequence[Path], length: int, sample_rate: int
 ) -> np.ndarray:
-    """(n, length) float32 words of classes ``labels``: per syllable a carrier gliding around its formant,
-    amplitude-modulated at a voice pitch, under a raised-cosine envelope. Per-sample parameters are drawn
-    here (a few per row); the waveforms are computed in batches of rows over all time steps."""
-    n = len(labels)
-    cycles = 1.0 / DESIGN_RATE  # design Hz -> cycles per sample
-    pitch = 100.0 * 2.0 ** rng.uniform(0.0, 1.3, n) * cycles  # voice pitch 100-250 Hz
-    shift = rng.uniform(-1.5, 1.5, n) / 12  # whole-word transposition, octaves
-    span = min(1.0, length / sample_rate) * rng.uniform(0.45, 0.75, n) * sample_rate  # word length, samples
-    onset = rng.uniform(0.0, 1.0, n) * (length - span)
-    amp = rng.uniform(0.3, 0.9, n)
-    phase0 = rng.uniform(0.0, 2 * np.pi, (n, 2))
-    depth = rng.uniform(0.75, 1.25, (n, 3))
-    weight = vocab.weight[labels] * rng.uniform(0.8, 1.2, (n, 3))
-    carrier = np.log2(FORMANTS[vocab.level[labels]] * cycles) + shift[:, None]
-    carrier += rng.normal(0.0, 0.3 / 12, (n, 3))
-    coef = torch.from_numpy(CONTOURS[vocab.contour[labels]] * depth[..., None]).float()  # (n, 3 syllables, 3)
-    bounds = np.cumsum(weight, axis=1) / weight.sum(axis=1, keepdims=True)
-    end = onset[:, None] + span[:, None] * bounds
-    start = np.concatenate([onset[:, None], end[:, :2]], axis=1)
-    per_row = torch.from_numpy(np.stack([pitch, amp, phase0[:, 0], phase0[:, 1]], axis=1))
-    start_t, end_t, carrier_t = (torch.from_numpy(a).float() for a in (start, end, carrier))
-    t = torch.arange(length, dtype=torch.float32)
-    out = torch.empty((n, length), dtype=torch.float32)
-    for lo in range(0, n, CHUNK):  # rows in chunks; every step below is batched over (rows, time)
-        rows = slice(lo, min(n, lo + CHUNK))
-        s, e = start_t[rows], end_t[rows]
-        syllable = (t >= s[:, 1:2]).long() + (t >= s[:, 2:3]).long()  # (m, L): the syllable slot of each time
-        s_t, e_t = s.gather(1, syllable), e.gather(1, syllable)
-        u = (t - s_t) / (e_t - s_t).clamp_min(1e-6)
-        inside = ((u >= 0) & (u < 1)).float()
-        c = coef[rows].gather(1, syllable[..., None].expand(-1, -1, 3))  # (m, L, 3)
-        glide = c[..., 0] * u + c[..., 1] * torch.sin(torch.pi * u) + c[..., 2] * torch.sin(6 * torch.pi * u)
-        freq = torch.exp2(carrier_t[rows].gather(1, syllable) + inside * glide).clamp_max(0.45)
-        pitch_r, amp_r, phase_c, phase_p = per_row[rows].T[..., None]
-        phase = (torch.cumsum(freq.double(), dim=1) * (2 * np.pi) + phase_c).remainder(2 * np.pi).float()
-        voice = (2 * np.pi * pitch_r * t.double() + phase_p).remainder(2 * np.pi).float()
-        v = (u / 0.85).clamp(0, 1)  # the syllable sounds for 85 % of its slot, raised-cosine ramps
-        env = inside * torch.sin(0.5 * torch.pi * (torch.minimum(v, 1 - v) / 0.2).clamp(0, 1)) ** 2
-        out[rows] = amp_r.float() * env * torch.sin(phase) * (0.5 + 0.5 * torch.cos(voice)) ** 2
-    return out.numpy()
-
-
-def ambient_pool(rng: np.random.Generator, count: int, samples: int, sample_rate: int) -> np.ndarray:
-    """(count, samples) float32 rain-forest-like recordings, each divided by its 99th-percentile |amplitude|
-    (the seed's ``max_volume``), not yet clipped: coloured noise with slow swells, sparse resonant drops and
-    a low hum."""
-    t = np.arange(samples) / sample_rate
-    freqs = np.fft.rfftfreq(samples, 1 / sample_rate)[None, :]
-    tilt, low = rng.uniform(0.5, 1.5, (count, 1)), rng.uniform(100, 600, (count, 1))
-    high = rng.uniform(0.15, 0.4, (count, 1)) * sample_rate
-    above = np.maximum(freqs, 1.0)
-    gain = above ** (-tilt / 2) / (1 + (low / above) ** 4) / (1 + (freqs / high) ** 4)  # tilted band-pass
-    hiss = np.fft.irfft(np.fft.rfft(rng.standard_normal((count, samples))) * gain, n=samples)
-    hiss /= hiss.std(axis=1, keepdims=True)
-    rate, depth = rng.uniform(0.1, 2.0, (count, 2)), rng.uniform(0.1, 0.5, (count, 2))
-    offset = rng.uniform(0, 2 * np.pi, (count, 2, 1))
-    swell = 1 + (depth[:, :, None] * np.sin(2 * np.pi * rate[:, :, None] * t + offset)).sum(1)
-    density = rng.uniform(5, 40, (count, 1)) / sample_rate  # drops per sample
-    hits = (rng.random((count, samples)) < density) * rng.exponential(3, (count, samples))
-    decay, ring = rng.uniform(0.002, 0.008, (count, 1)), rng.uniform(0.05, 0.25, (count, 1)) * sample_rate
-    kernel = np.exp(-t / decay) * np.sin(2 * np.pi * ring * t)
-    drops = np.fft.irfft(np.fft.rfft(hits) * np.fft.rfft(kernel), n=samples)
-    hum_f, hum_a = rng.uniform(40, 120, (count, 1)), rng.uniform(0.1, 0.5, (count, 1))
-    hum_phase = rng.uniform(0, 2 * np.pi, (count, 3))
-    hum = sum(hum_a / k * np.sin(2 * np.pi * k * hum_f * t + hum_phase[:, k - 1 : k]) for k in (1, 2, 3))
-    mix = swell * hiss + drops + hum
-    return (mix / np.quantile(np.abs(mix), 0.99, axis=1, keepdims=True)).astype(np.float32)
+    """(recordings, width) float32 real ambient recordings, each divided by its 99th-percentile |amplitude|,
+    not yet clipped: all ``files`` if at most :data:`POOL`, else :data:`POOL` of them drawn from ``rng``;
+    read one at a time in name order, cut to :data:`AMBIENT_SECONDS` and tiled up to width = the longest kept
+    recording (at least ``length``)."""
+    if len(files) > POOL:
+        files = [files[i] for i in np.sort(rng.choice(len(files), POOL, replace=False))]
+    cap = max(length, int(AMBIENT_SECONDS * sample_rate))
+    pool, width = np.empty((len(files), cap), dtype=np.float32), length
+    for row, path in enumerate(files):
+        wave = by_99th_percentile(read_recording(path, sample_rate)[None])[0, :cap]
+        pool[row], width = np.resize(wave, cap), max(width, len(wave))  # np.resize repeats the recording
+    return pool[:, :width]
 
 
 def structured_background(
-    rng: np.random.Generator, n: int, channels: int, length: int, sample_rate: int
+    rng: np.random.Generator, n: int, channels: int, length: int, sample_rate: int,
+    recordings: Sequence[Path] | None = None,
 ) -> np.ndarray:
-    """(n, channels, length) float32: random crops of random recordings of a fresh pool, clipped to [-1, 1]
-    (the seed crops 1 s at a random whole second of a random file)."""
-    pool = ambient_pool(rng, POOL, 4 * length, sample_rate)
-    windows = np.lib.stride_tricks.sliding_window_view(pool, length, axis=1)  # (POOL, 3 L + 1, L), a view
-    which = rng.integers(0, POOL, (n, channels))
+    """(n, channels, length) float32: random crops of random recordings of a pool, clipped to [-1, 1] (the
+    seed crops 1 s at a random whole second of a random file). The pool: fresh synthetic recordings, or the
+    real ``recordings`` (:func:`recording_pool`)."""
+    if recordings is None:
+        pool = ambient_pool(rng, POOL, 4 * length, sample_rate)
+    else:
+        pool = recording_pool(rng, recordings, length, sample_rate)
+    windows = np.lib.stride_tricks.sliding_window_view(pool, length, axis=1)  # (rows, width - L + 1, L), a view
+    which = rng.integers(0, len(pool), (n, channels))
     start = rng.integers(0, windows.shape[1], (n, channels))
     crops = windows[which, start]  # a copy
     return np.clip(crops, -1.0, 1.0, out=crops)
@@ -229,7 +205,7 @@ def _speech_commands(
 
 def _make_split(
     rng: np.random.Generator, n: int, split: str, *, condition: str, channels: int, length: int,
-    sample_rate: int, source: str, vocab: Vocabulary, data_root: str,
+    sample_rate: int, source: str, vocab: Vocabulary, data_root: str, recordings: Sequence[Path] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if source == "synthetic":
         labels = rng.integers(0, len(vocab.contour), n)
@@ -241,7 +217,7 @@ def _make_split(
         gen = torch.Generator().manual_seed(int(rng.integers(2**63)))  # 3x faster than numpy's normals
         x = torch.randn((n, channels, length), generator=gen).mul_(RB_STD).clamp_(-1.0, 1.0).numpy()
     else:
-        x = structured_background(rng, n, channels, length, sample_rate)
+        x = structured_background(rng, n, channels, length, sample_rate, recordings)
     position = np.zeros(n, dtype=np.int64) if condition.endswith("FP") else rng.integers(0, channels, n)
     x[np.arange(n), position] = words  # the word alone on its channel, as the seed overwrites it
     mask = np.zeros((n, channels, 1), dtype=bool)
@@ -271,8 +247,10 @@ def build_chaos_audio(
     train_rng, test_rng = np.random.default_rng(seed).spawn(2)
     common = {"condition": condition, "channels": channels, "length": length, "sample_rate": sample_rate,
               "source": source, "vocab": vocabulary(words), "data_root": data_root}
-    x_train, y_train, _ = _make_split(train_rng, n_train, "train", **common)
-    x_test, y_test, mask_test = _make_split(test_rng, n_test, "test", **common)
+    real = background == "recordings" and condition.startswith("SB")  # RB is noise, as in the seed
+    files = {split: ambient_files(data_root, split) if real else None for split in ("train", "test")}
+    x_train, y_train, _ = _make_split(train_rng, n_train, "train", recordings=files["train"], **common)
+    x_test, y_test, mask_test = _make_split(test_rng, n_test, "test", recordings=files["test"], **common)
     classes = words if source == "synthetic" else MAX_WORDS
     return DataBundle(x_train, y_train, x_test, y_test, classes, mask_test)
 
@@ -297,7 +275,10 @@ DATASETS.add(
             "of 2-3 gliding formant syllables with random pitch, transposition, timing, length and "
             "amplitude; speech_commands = torchaudio SPEECHCOMMANDS v0.02 under data_root, 35 words), "
             "zero-padded; every other channel background: RB = clip(0.25 N(0, 1), -1, 1), SB = crops of "
-            "synthetic rain-forest-like recordings scaled by their 99th-percentile amplitude and clipped. "
+            "ambient recordings scaled by their 99th-percentile amplitude and clipped (background: synthetic = "
+            "generated rain-forest-like ambience; recordings = WAV files under data_root/ambient/train and "
+            "data_root/ambient/test, e.g. the Kaggle rfcx-species-audio-detection audio converted to WAV, at "
+            "most 32 per split, first 60 s each; ignored by RB). "
             "FP = word in channel 0, RP = random channel. Label = word; mask_test (n, channels, 1) marks the "
             "word's channel. Memory (n_train + n_test) x channels x length x 4 bytes (1.5 GB at the "
             "defaults). Nothing is downloaded."
