@@ -216,11 +216,11 @@ def _entry(section: str, key: str, value: Any, path: Path) -> Entry:
 
 
 def _training(table: Any, where: str) -> dict[str, Any]:
-    from harness.models.training import TRAINING_CHOICES, TRAINING_DEFAULTS
+    from harness.models.training import resolve_training
 
     if not isinstance(table, Mapping):
         raise SuiteError(f"{where}: training must be a table, got {type(table).__name__}")
-    try:
-        return resolve_params(f"{where} training", table, TRAINING_DEFAULTS, TRAINING_CHOICES)
+    try:  # every check training makes, at load time: a bad value never waits for the first case to train
+        return resolve_training(dict(table), f"{where} training")
     except ParamError as exc:
         raise SuiteError(str(exc)) from None

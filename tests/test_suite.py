@@ -88,6 +88,10 @@ def test_batch_budget_does_not_change_keys(tmp_path: Path) -> None:
         (("samples = 4", "samples = 4\nsaples = 4"), r"\[suite\]: unknown parameter 'saples'"),
         (("epochs = 1", "epochs = 1\noptimizer = \"lbfgs\""),
          r"\[models.mlp\] training: parameter 'optimizer' = 'lbfgs' is not valid; choices: 'adam'"),
+        (("epochs = 1", "epochs = 1\nschedule = \"cosine_restarts\"\nlr_gamma = 0.5"),
+         r"\[models.mlp\] training: lr_gamma = 0.5 with schedule = 'cosine_restarts': these are two"),
+        (("epochs = 1", "epochs = 1\nrestart_epochs = 0"),
+         r"\[models.mlp\] training: restart_epochs = 0 must be an integer >= 1"),
         (("[datasets.digits]\n", "[datasets.digits]\nsize = 8.5\n"),
          r"\[datasets.digits\]: parameter 'size' = 8.5 has type float, expected int"),
         (("[suite]", "[suite]\nplugins = [\"no_such_module_xyz\"]"),
@@ -96,7 +100,7 @@ def test_batch_budget_does_not_change_keys(tmp_path: Path) -> None:
         (("[datasets.pasted]", "[datasets.pas-ted]"), r"instance names must be identifiers"),
     ],
     ids=["unknown-method", "wrong-type", "unknown-param", "bad-choice", "samples-zero", "bad-target",
-         "unknown-setting", "bad-optimizer", "float-for-int", "missing-plugin", "unknown-section", "bad-name"],
+         "unknown-setting", "bad-optimizer", "two-schedules", "restart-zero", "float-for-int", "missing-plugin", "unknown-section", "bad-name"],
 )
 def test_bad_suites_name_file_key_and_choices(tmp_path: Path, change: tuple[str, str], message: str) -> None:
     old, new = change

@@ -21,19 +21,34 @@ from torch.nn import functional as F
 
 from harness.specs import DataBundle, ModelSpec, ParamError, resolve_params
 
+SCHEDULES = ("step", "cosine_restarts")
+"""Learning-rate schedules (the ``schedule`` training setting), each stepped once per epoch."""
 TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 10, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", "weight_decay": 0.0, "lr_gamma": 1.0,
+    "schedule": "step", "restart_epochs": 30,
 }
 """Training settings (a suite's ``[models.<key>.training]`` table) and their defaults.
 
 ``epochs``: passes over the shuffled training set; ``batch_size``: rows per step (>= the training set size
-is full-batch training); ``optimizer`` (:data:`OPTIMIZERS`) with ``lr`` and ``weight_decay``; ``lr_gamma``:
-after every epoch the learning rate is multiplied by it (PyTorch's ``StepLR(step_size=1, gamma=lr_gamma)``;
-1.0 = constant, bitwise the same training as without a schedule). The loss-gradient study's MNIST recipe
-(arXiv 2207.07769, ``train_mnist.py``) is ``optimizer = "adadelta"``, ``lr = 1.0``, ``lr_gamma = 0.7``,
-``epochs = 14``, ``batch_size = 64``. Deterministic: the shuffling comes from a CPU generator seeded by the
-model's seed, and the schedule from the epoch count alone."""
-TRAINING_CHOICES: dict[str, tuple[Any, ...]] = {"optimizer": ("adam", "adamw", "sgd", "adadelta")}
+is full-batch training); ``optimizer`` (:data:`OPTIMIZERS`) with ``lr`` and ``weight_decay``.
+``schedule`` (:data:`SCHEDULES`) sets the learning rate of each epoch:
+
+* ``"step"`` (default): after every epoch the learning rate is multiplied by ``lr_gamma`` (PyTorch's
+  ``StepLR(step_size=1, gamma=lr_gamma)``; ``lr_gamma`` 1.0 = constant, bitwise the same training as without
+  a schedule). The loss-gradient study's MNIST recipe (arXiv 2207.07769, ``train_mnist.py``) is
+  ``optimizer = "adadelta"``, ``lr = 1.0``, ``lr_gamma = 0.7``, ``epochs = 14``, ``batch_size = 64``.
+* ``"cosine_restarts"``: SGDR (Loshchilov & Hutter 2017), PyTorch's ``CosineAnnealingWarmRestarts(T_0 =
+  restart_epochs, T_mult = 1, eta_min = 0)`` stepped once per epoch, so epoch e (from 0) trains at
+  ``lr / 2 * (1 + cos(pi * (e mod restart_epochs) / restart_epochs))``; ``lr_gamma`` must stay 1.0 (it is the
+  other schedule). ChaosMining's vision and audio recipe (arXiv 2406.12150; ``examples/train_eval_vision.py``,
+  ``train_eval_audio.py``): ``optimizer = "adamw"``, ``schedule = "cosine_restarts"``, ``restart_epochs =
+  30``, ``epochs = 30``, ``batch_size = 128``; ``lr`` 1e-3 for images, 1e-4 in the audio script's example.
+
+``restart_epochs`` (an int >= 1, T_0 in epochs) is used by ``"cosine_restarts"`` only. Deterministic: the
+shuffling comes from a CPU generator seeded by the model's seed, and the schedule from the epoch count alone."""
+TRAINING_CHOICES: dict[str, tuple[Any, ...]] = {
+    "optimizer": ("adam", "adamw", "sgd", "adadelta"), "schedule": SCHEDULES,
+}
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], float, float], torch.optim.Optimizer]
 OPTIMIZERS: dict[str, OptimizerFactory] = {
@@ -67,7 +82,8 @@ class TrainReport:
         return cls(
             train_score=float(data["train_score"]), test_score=float(data["test_score"]),
             losses=[float(v) for v in data["losses"]], seconds=float(data["seconds"]),
-            score_name=str(data.get("score_name", "accuracy")), test_mae=None if data.get("test_mae") is None else float(data["test_mae"]),
+            score_name=str(data.get("score_name", "accuracy")),
+            test_mae=None if data.get("test_mae") is None else float(data["test_mae"]),
         )
 
 
@@ -154,6 +170,31 @@ def seeded_dropout(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def resolve_training(settings: dict[str, Any], where: str = "training") -> dict[str, Any]:
+    """``settings`` over :data:`TRAINING_DEFAULTS`, checked: unknown keys, wrong types and names outside
+    :data:`TRAINING_CHOICES` (via :func:`~harness.specs.resolve_params`), ``lr_gamma`` <= 0, ``restart_epochs``
+    < 1, and ``lr_gamma`` != 1 together with ``schedule = "cosine_restarts"`` raise :class:`ParamError`."""
+    cfg = resolve_params(where, settings, TRAINING_DEFAULTS, TRAINING_CHOICES)
+    if not cfg["lr_gamma"] > 0.0:
+        raise ParamError(f"{where}: lr_gamma = {cfg['lr_gamma']!r} must be > 0 "
+                         "(1.0 = constant learning rate)")
+    if cfg["restart_epochs"] < 1:
+        raise ParamError(f"{where}: restart_epochs = {cfg['restart_epochs']!r} must be an integer >= 1 "
+                         "(the epochs of one cosine_restarts cycle, T_0)")
+    if cfg["schedule"] == "cosine_restarts" and cfg["lr_gamma"] != 1.0:
+        raise ParamError(f"{where}: lr_gamma = {cfg['lr_gamma']!r} with schedule = 'cosine_restarts': these are two "
+                         "learning-rate schedules; use one (schedule = 'step' with lr_gamma, or cosine_restarts "
+                         "with lr_gamma = 1.0)")
+    return cfg
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: dict[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
+    """The scheduler of ``cfg["schedule"]`` (settings from :func:`resolve_training`), to step once per epoch."""
+    if cfg["schedule"] == "cosine_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cfg["restart_epochs"])
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg["lr_gamma"])
+
+
 def train_model(
     model: nn.Module, bundle: DataBundle, settings: dict[str, Any], seed: int, device: torch.device,
     log: logging.Logger,
@@ -162,19 +203,18 @@ def train_model(
     returns the report and leaves ``model`` in eval mode. ``batch_size`` at least the training set size is
     full-batch training (ChaosMining's symbolic recipe).
 
-    ``settings`` is checked against :data:`TRAINING_DEFAULTS` / :data:`TRAINING_CHOICES` (missing keys take
-    the defaults); ``lr_gamma`` must be > 0. The learning rate of epoch e (from 1) is ``lr * lr_gamma **
-    (e - 1)`` (``StepLR(step_size=1)``, the loss-gradient study's schedule). Dropout is seeded by
-    :func:`seeded_dropout`. One INFO line per epoch, with the epoch's learning rate, goes to ``log``.
+    ``settings`` is checked by :func:`resolve_training` (missing keys take :data:`TRAINING_DEFAULTS`). The
+    learning rate of each epoch follows ``schedule``: with ``"step"`` epoch e (from 1) trains at ``lr *
+    lr_gamma ** (e - 1)`` (``StepLR(step_size=1)``, the loss-gradient study's schedule), with
+    ``"cosine_restarts"`` at ``CosineAnnealingWarmRestarts(T_0=restart_epochs)``'s rate (ChaosMining's); the
+    scheduler steps after every epoch. Dropout is seeded by :func:`seeded_dropout`. One INFO line per epoch,
+    with the epoch's learning rate, goes to ``log``.
     """
-    cfg = resolve_params("training", settings, TRAINING_DEFAULTS, TRAINING_CHOICES)
-    if not cfg["lr_gamma"] > 0.0:
-        raise ParamError(f"training: lr_gamma = {cfg['lr_gamma']!r} must be > 0 "
-                         "(1.0 = constant learning rate)")
+    cfg = resolve_training(settings)
     model.to(device).train()
     x, y = bundle.x_train.to(device), bundle.y_train.to(device)
     optimizer = OPTIMIZERS[cfg["optimizer"]](model.parameters(), cfg["lr"], cfg["weight_decay"])
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg["lr_gamma"])
+    schedule = lr_schedule(optimizer, cfg)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     start = time.perf_counter()
