@@ -1,7 +1,7 @@
 """Test generation for the coverage experiments (harness.coverage.attacks) and LeNet-5 (harness.models.lenet):
-FGSM by hand on a linear model, PGD and CW against plain per-sample loops (CW's Adam written out), the
-eps-ball and box, attacks on a trained tiny model, determinism, the RQ2 noise positions, and LeNet against a
-restatement of the seed's class."""
+FGSM by hand on a linear model, PGD and CW (fixed c and the binary search over c) against plain per-sample
+loops (CW's Adam written out), the eps-ball and box, attacks on a trained tiny model, determinism, the RQ2
+noise positions, and LeNet against a restatement of the seed's class."""
 from __future__ import annotations
 
 import math
@@ -176,9 +176,11 @@ def test_pgd_is_deterministic_given_the_generator() -> None:
 # ---- CW --------------------------------------------------------------------------------------------------
 
 
-def plain_cw(model: nn.Module, x: Tensor, y: Tensor, c: float, steps: int, lr: float, kappa: float) -> Tensor:
+def plain_cw(model: nn.Module, x: Tensor, y: Tensor, c: float, steps: int, lr: float,
+             kappa: float) -> tuple[Tensor, float]:
     """Carlini & Wagner 2017 (L2, untargeted, fixed c) on one input in the box [0, 1], Adam written out
-    (Kingma & Ba 2015: betas 0.9, 0.999, eps 1e-8). Returns the least-L2 misclassified iterate, or x."""
+    (Kingma & Ba 2015: betas 0.9, 0.999, eps 1e-8). Returns the least-L2 misclassified iterate and its squared
+    L2, or (x, inf)."""
     w = torch.atanh((x * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
     m, v = torch.zeros_like(w), torch.zeros_like(w)
     best, best_l2 = x, math.inf
@@ -196,7 +198,57 @@ def plain_cw(model: nn.Module, x: Tensor, y: Tensor, c: float, steps: int, lr: f
             m = 0.9 * m + 0.1 * grad
             v = 0.999 * v + 0.001 * grad * grad
             w = w.detach() - lr * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
-    return best
+    return best, best_l2
+
+
+def plain_cw_search(model: nn.Module, x: Tensor, y: Tensor, c: float, steps: int, lr: float, kappa: float,
+                    binary_steps: int) -> tuple[Tensor, list[float], list[bool]]:
+    """Carlini & Wagner's binary search over c (S&P 2017 §V) on one input, in Python floats: each round a fresh
+    :func:`plain_cw` at c; success sets upper = min(upper, c), failure lower = max(lower, c); c becomes
+    (lower + upper) / 2 once upper < 1e10, else (failure) 10 c. Returns the least-L2 success of all rounds (or
+    x), the c of every round and whether each round succeeded."""
+    lower, upper, best, best_l2 = 0.0, 1e10, x, math.inf
+    consts, hits = [], []
+    for _ in range(binary_steps):
+        adv, l2 = plain_cw(model, x, y, c, steps, lr, kappa)
+        consts.append(c)
+        hits.append(math.isfinite(l2))
+        if l2 < best_l2:
+            best, best_l2 = adv, l2
+        if hits[-1]:
+            upper = min(upper, c)
+        else:
+            lower = max(lower, c)
+        c = (lower + upper) / 2 if upper < 1e10 else (c if hits[-1] else c * 10)
+    return best, consts, hits
+
+
+def previous_cw(model: nn.Module, x: Tensor, y: Tensor, c: float, steps: int, lr: float, kappa: float,
+                batch_size: int) -> tuple[Tensor, Tensor]:
+    """The batched fixed-c loop of harness.coverage.attacks.cw before binary_steps, copied (box [0, 1]; run under
+    no_grad, gradients enabled around the objective, as there)."""
+    outs, oks = [], []
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+        w = torch.atanh((xb * 2 - 1).clamp(-(1.0 - 1e-6), 1.0 - 1e-6)).requires_grad_(True)
+        optimizer = torch.optim.Adam([w], lr=lr)
+        best, best_l2 = xb.clone(), torch.full((len(xb),), math.inf, dtype=xb.dtype)
+        for _ in range(steps):
+            with torch.enable_grad():
+                adv = 0.0 + 1.0 * (torch.tanh(w) + 1) / 2
+                logits = model(adv)
+                own = F.one_hot(yb, logits.shape[1]).bool()
+                l2 = (adv - xb).flatten(1).pow(2).sum(dim=1)
+                other = logits.masked_fill(own, -math.inf).amax(dim=1)
+                margin = torch.clamp(logits[own] - other, min=-kappa)
+                w.grad = torch.autograd.grad((l2 + c * margin).sum(), w)[0]
+                optimizer.step()
+            with torch.no_grad():
+                better = (logits.argmax(dim=1) != yb) & (l2 < best_l2)
+                best_l2 = torch.where(better, l2, best_l2)
+                best[better] = adv[better].detach()
+        outs.append(best)
+        oks.append(torch.isfinite(best_l2))
+    return torch.cat(outs), torch.cat(oks)
 
 
 def test_cw_equals_a_plain_per_sample_loop() -> None:
@@ -204,10 +256,76 @@ def test_cw_equals_a_plain_per_sample_loop() -> None:
     x = torch.rand(8, 3, 2, 2, generator=gen(5), dtype=torch.float64)
     y = model(x).argmax(1)
     adv, ok = cw(model, x, y, c=5.0, steps=40, lr=0.05, kappa=0.1, lo=0.0, hi=1.0, batch_size=3)
-    expected = torch.stack([plain_cw(model, xi, yi, 5.0, 40, 0.05, 0.1) for xi, yi in zip(x, y, strict=True)])
+    expected = torch.stack([plain_cw(model, xi, yi, 5.0, 40, 0.05, 0.1)[0] for xi, yi in zip(x, y, strict=True)])
     assert torch.allclose(adv, expected, atol=1e-9)
     assert ok.any() and not ok.all() and torch.equal(ok, (adv != x).flatten(1).any(1))
     assert torch.equal(adv[~ok], x[~ok]) and (model(adv[ok]).argmax(1) != y[ok]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cw_with_one_binary_step_is_the_fixed_c_attack_bitwise(dtype: torch.dtype) -> None:
+    """binary_steps=1 (the default) keeps the seed's fixed-c attack: the same iterates, bit for bit."""
+    model = small_net(1).to(dtype)
+    x = torch.rand(8, 3, 2, 2, generator=gen(5), dtype=dtype)
+    y = model(x).argmax(1)
+    with torch.no_grad():
+        expected, expected_ok = previous_cw(model, x, y, 5.3, 40, 0.05, 0.1, 3)
+    adv, ok = cw(model, x, y, c=5.3, steps=40, lr=0.05, kappa=0.1, lo=0.0, hi=1.0, batch_size=3)
+    assert torch.equal(adv, expected) and torch.equal(ok, expected_ok) and ok.any() and not ok.all()
+    assert torch.equal(cw(model, x, y, 5.3, 40, 0.05, 0.1, 1, lo=0.0, hi=1.0, batch_size=3)[0], expected)
+
+
+def test_cw_binary_search_equals_a_plain_per_sample_search() -> None:
+    """c0 = 5: half the inputs succeed in round 1 (c halves), the rest fail (c x10), then bisection; batched
+    (chunks of 3) it matches the per-input search in Python floats."""
+    model = small_net(1)
+    x = torch.rand(8, 3, 2, 2, generator=gen(5), dtype=torch.float64)
+    y = model(x).argmax(1)
+    adv, ok = cw(model, x, y, c=5.0, steps=40, lr=0.05, kappa=0.1, binary_steps=4, lo=0.0, hi=1.0, batch_size=3)
+    runs = [plain_cw_search(model, xi, yi, 5.0, 40, 0.05, 0.1, 4) for xi, yi in zip(x, y, strict=True)]
+    assert torch.allclose(adv, torch.stack([r[0] for r in runs]), atol=1e-6)
+    assert torch.equal(ok, torch.tensor([any(r[2]) for r in runs]))
+    first = torch.tensor([r[2][0] for r in runs])
+    assert first.any() and (ok & ~first).any(), "some inputs succeed at c0, some only after c is raised"
+    assert {r[1][1] for r in runs if r[2][0]} == {2.5} and {r[1][1] for r in runs if not r[2][0]} == {50.0}
+    assert ok.all() and (model(adv).argmax(1) != y).all()
+
+
+def test_cw_binary_search_finds_what_a_small_fixed_c_misses() -> None:
+    """c = 1e-3 flips only inputs next to the boundary in one round; the search raises c (x10 a round) until
+    every input flips. Round 1 is the fixed-c attack, so its successes are kept; and the least-L2 result over
+    all rounds is no farther from x than one round at the input's final c."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double().eval()
+    x = torch.rand(10, 8, generator=gen(8), dtype=torch.float64)
+    y = model(x).argmax(1)
+    fixed, ok_fixed = cw(model, x, y, c=1e-3, steps=30, lr=0.05, lo=0.0, hi=1.0)
+    found, ok_found = cw(model, x, y, c=1e-3, steps=30, lr=0.05, binary_steps=7, lo=0.0, hi=1.0)
+    assert ok_fixed.sum() < len(x) // 2 and ok_found.all() and not (ok_fixed & ~ok_found).any()
+    assert ((found - x).norm(dim=1) <= (fixed - x).norm(dim=1) + 1e-12)[ok_fixed].all()
+    compared = 0
+    for i in range(len(x)):
+        final_c = plain_cw_search(model, x[i], y[i], 1e-3, 30, 0.05, 0.0, 7)[1][-1]
+        single, ok_single = cw(model, x[i:i + 1], y[i:i + 1], c=final_c, steps=30, lr=0.05, lo=0.0, hi=1.0)
+        if ok_single[0] and ok_found[i]:
+            compared += 1
+            assert (found[i] - x[i]).norm() <= (single[0] - x[i]).norm() + 1e-9
+    assert compared >= 5
+
+
+def test_cw_binary_steps_is_checked_and_dispatched() -> None:
+    model = small_net(1)
+    x = torch.rand(4, 3, 2, 2, generator=gen(5), dtype=torch.float64)
+    y = model(x).argmax(1)
+    assert ATTACK_DEFAULTS["cw"]["binary_steps"] == 1
+    direct = cw(model, x, y, c=5.0, steps=5, binary_steps=3, lo=0.0, hi=1.0)
+    via = attack("cw", model, x, y, lo=0.0, hi=1.0, c=5.0, steps=5, binary_steps=3)
+    assert torch.equal(direct[0], via[0]) and torch.equal(direct[1], via[1])
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ParamError, match=r"cw binary_steps = .* is not valid; valid values: integers >= 1"):
+            cw(model, x, y, binary_steps=bad, lo=0.0, hi=1.0)  # type: ignore[arg-type]
+    with pytest.raises(ParamError, match="parameter 'binary_steps' = 2.0 has type float, expected int"):
+        attack("cw", model, x, y, lo=0.0, hi=1.0, binary_steps=2.0)
 
 
 def test_cw_maps_the_box_by_tanh() -> None:

@@ -2,7 +2,9 @@
 
 References: LSA from ``scipy.stats.gaussian_kde`` per class after a plain-loop variance filter; DSA and MDSA
 from per-input NumPy loops (sadl's nearest-neighbour rule; ``np.linalg.pinv`` of ``np.cov(bias=True)``);
-coverage from a Python set of ``math.floor(sa / hyper)``. A hand-checked 1-D DSC case pins the arithmetic.
+coverage from a Python set of ``math.floor((sa - lower) / hyper)``. A hand-checked 1-D DSC case and hand-checked
+buckets over [lower, upper) with a negative lower pin the arithmetic; the default lower 0 is checked bitwise against
+the rule before ``lower`` existed.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from hypothesis import strategies as st
 from scipy.stats import gaussian_kde
 from torch import Tensor, nn
 
-from harness.coverage import surprise
+from harness.coverage import surprise, workflow
 from harness.coverage.base import CRITERIA, coverage_layers, layer_traces, split
 from harness.coverage.surprise import DSC, LSC, MDSC, SurpriseCoverage
-from harness.specs import ParamError
+from harness.metrics import coverage_rq
+from harness.specs import METRICS, DataBundle, MetricInputs, ParamError, RunContext
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: LAPACK is fastest on one thread
 NAMES = ("lsc", "dsc", "mdsc")
@@ -102,12 +105,24 @@ def ref_mdsa(train: Tensor, labels: Tensor, test: Tensor, test_labels: Tensor,
     return np.array(out)
 
 
-def ref_compute(sa: np.ndarray, hyper: float, upper: float) -> dict[str, float]:
-    hits = {math.floor(s / hyper) for s in sa if np.isfinite(s)}
-    n = round(upper / hyper)
+def ref_compute(sa: np.ndarray, hyper: float, upper: float, lower: float = 0.0) -> dict[str, float]:
+    finite = [float(s) for s in sa if np.isfinite(s)]
+    hits = {math.floor((s - lower) / hyper) for s in finite}
+    n = round((upper - lower) / hyper)
     return {"coverage": sum(0 <= b < n for b in hits) / n, "buckets": float(len(hits)),
             "ratio": len(hits) / len(sa), "inputs": float(len(sa)),
-            "undefined": float((~np.isfinite(sa)).sum())}
+            "undefined": float((~np.isfinite(sa)).sum()),
+            "below": float(sum(s < lower for s in finite)), "above": float(sum(s >= upper for s in finite))}
+
+
+def rule_before_lower(sa: Tensor, hyper: float, upper: float) -> dict[str, float]:
+    """``update`` + ``compute`` as they were before the ``lower`` bound, verbatim: the default must not move."""
+    finite = torch.isfinite(sa)
+    hits = {int(b) for b in torch.floor(sa[finite] / hyper).unique().tolist()}
+    n = math.ceil(upper / hyper - 1e-9)
+    return {"coverage": sum(1 for b in hits if 0 <= b < n) / n, "buckets": float(len(hits)),
+            "ratio": len(hits) / len(sa) if len(sa) else 0.0, "inputs": float(len(sa)),
+            "undefined": float(int((~finite).sum()))}
 
 
 REFERENCES = {"lsc": ref_lsa, "dsc": ref_dsa, "mdsc": ref_mdsa}
@@ -120,9 +135,11 @@ def test_registered_with_seed_defaults() -> None:
     for name in NAMES:
         spec = CRITERIA.get(name)
         assert spec.description and spec.reference and spec.defaults["layers"] == []
+        assert spec.defaults["lower"] == 0.0
         criterion = spec.make(**spec.defaults)
         assert criterion.name == name and criterion.compute()["coverage"] == 0.0
     assert [type(make(n)) for n in NAMES] == [LSC, DSC, MDSC]
+    assert {n: CRITERIA.get(n).defaults["upper"] for n in NAMES} == {"lsc": 2000.0, "dsc": 2.0, "mdsc": 100.0}
 
 
 @pytest.mark.parametrize(("name", "params", "match"), [
@@ -131,10 +148,15 @@ def test_registered_with_seed_defaults() -> None:
     ("dsc", {"min_var": 1e-5}, "unknown parameter 'min_var'"),
     ("mdsc", {"layers": [3]}, "'layers' = \\[3\\]"),
     ("lsc", {"hyper": "10"}, "'hyper' = '10' has type str"), ("dsc", {"bins": 3}, "valid parameters"),
+    ("lsc", {"lower": 5.0, "upper": 5.0}, "'lower' = 5.0 must be below 'upper' = 5.0"),
+    ("mdsc", {"lower": 200.0}, "'lower' = 200.0 must be below 'upper' = 100.0"),
+    ("dsc", {"lower": -math.inf}, "'lower' = -inf must be finite"), ("lsc", {"lower": math.nan}, "'lower' = nan"),
 ])
 def test_bad_parameters_raise(name: str, params: dict[str, Any], match: str) -> None:
     with pytest.raises(ParamError, match=match):
         make(name, **params)
+    with pytest.raises(ValueError, match="lower = 3.0 must be below upper = 2.0"):
+        LSC(1.0, 2.0, lower=3.0)
 
 
 # ------------------------------------------------------------------------------- against references
@@ -165,6 +187,11 @@ def test_lsa_of_a_tight_cluster_is_negative_and_floored() -> None:
     criterion.update({"layer": train[:20]}, labels[:20])
     assert criterion.compute() == pytest.approx(ref_compute(sa, 1.0, 10.0))
     assert criterion.compute()["coverage"] == 0.0 and criterion.compute()["buckets"] > 0
+    assert criterion.compute()["below"] == 20.0
+    lowered = built("lsc", train, labels, hyper=1.0, lower=-50.0, upper=10.0)  # sadl: lower = the least SA
+    lowered.update({"layer": train[:20]}, labels[:20])
+    assert lowered.compute() == pytest.approx(ref_compute(sa, 1.0, 10.0, -50.0))
+    assert lowered.compute()["coverage"] > 0.0 and lowered.compute()["below"] == 0.0
 
 
 def test_variance_filter_is_the_union_over_classes() -> None:
@@ -188,7 +215,49 @@ def test_dsc_hand_checked() -> None:
     np.testing.assert_allclose(sa, [0.05, 0.15, 1.2, 0.14])
     criterion.update({"layer": test}, test_labels)
     assert criterion.compute() == pytest.approx(
-        {"coverage": 3 / 20, "buckets": 3.0, "ratio": 3 / 4, "inputs": 4.0, "undefined": 0.0})
+        {"coverage": 3 / 20, "buckets": 3.0, "ratio": 3 / 4, "inputs": 4.0, "undefined": 0.0, "below": 0.0,
+         "above": 0.0})
+
+
+def fixed(criterion: SurpriseCoverage, values: list[float], monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """``criterion`` fed inputs whose surprise values are ``values`` (``surprise`` stubbed out)."""
+    monkeypatch.setattr(criterion, "surprise", lambda traces, labels: torch.tensor(values, dtype=torch.float64))
+    criterion.update({}, torch.zeros(len(values)))
+    return criterion.compute()
+
+
+def test_buckets_with_a_negative_lower_hand_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # lower -4, upper 4, width 1: 8 buckets [-4, -3), ..., [3, 4); bucket floor(SA + 4)
+    # -3.2 -> 0, -0.1 -> 3, 0.4 -> 4, 5 -> 9 (above), -4.5 -> -1 (below), 4 -> 8 (above: upper is open), -4 -> 0
+    values = [-3.2, -0.1, 0.4, 5.0, -4.5, 4.0, -4.0, math.nan]
+    got = fixed(make("lsc", hyper=1.0, lower=-4.0, upper=4.0), values, monkeypatch)
+    assert got == {"coverage": 3 / 8, "buckets": 6.0, "ratio": 6 / 8, "inputs": 8.0, "undefined": 1.0,
+                   "below": 1.0, "above": 2.0}
+    # the default lower 0 (4 buckets [0, 1), ..., [3, 4)): only 0.4 -> 0 is inside; four SAs are below
+    got = fixed(make("lsc", hyper=1.0, upper=4.0), values, monkeypatch)
+    assert got == {"coverage": 1 / 4, "buckets": 6.0, "ratio": 6 / 8, "inputs": 8.0, "undefined": 1.0,
+                   "below": 4.0, "above": 2.0}
+    # a lower off the width's grid shifts every bucket: 7 buckets [-3.5, -2.5), ..., [2.5, 3.5); -3.2 -> 0,
+    # -0.1 and 0.4 -> 3 (both in [-0.5, 0.5)), -4.5 and -4 -> -1, 4 -> 7, 5 -> 8: buckets -1, 0, 3, 7, 8
+    got = fixed(make("lsc", hyper=1.0, lower=-3.5, upper=3.5), values, monkeypatch)
+    assert got == {"coverage": 2 / 7, "buckets": 5.0, "ratio": 5 / 8, "inputs": 8.0, "undefined": 1.0,
+                   "below": 2.0, "above": 2.0}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_lower_is_bitwise_the_rule_before_it(name: str) -> None:
+    train, labels = blobs(0, n=150, d=4)
+    test, test_labels = blobs(10, n=40, d=4)
+    test = test * 1.5
+    params = {"hyper": 0.5, "upper": 40.0} if name != "dsc" else {}
+    spec = {**CRITERIA.get(name).defaults, **params}
+    for explicit in (params, {**params, "lower": 0.0}):
+        criterion = built(name, train, labels, **explicit)
+        criterion.update({"layer": test}, test_labels)
+        got = criterion.compute()
+        before = rule_before_lower(criterion.surprise({"layer": test}, test_labels), spec["hyper"], spec["upper"])
+        assert {k: got[k] for k in before} == before  # exact, not approx
+        assert repr(criterion).startswith(f"{type(criterion).__name__}(hyper={spec['hyper']}, lower=0.0, ")
 
 
 def test_dsa_uses_the_gap_of_the_nearest_same_class_trace() -> None:
@@ -316,6 +385,11 @@ def test_merge_refuses_a_different_criterion() -> None:
         built("lsc", train, labels).merge(built("mdsc", train, labels))
     with pytest.raises(ValueError, match="cannot merge"):
         built("dsc", train, labels).merge(built("dsc", train, labels, hyper=0.2))
+    lowered = built("lsc", train, labels, lower=-20.0)
+    with pytest.raises(ValueError, match="cannot merge.*lower=-20.0"):
+        built("lsc", train, labels).merge(lowered)
+    assert lowered.empty().lower == -20.0
+    lowered.empty().merge(lowered.empty())  # the same bounds merge
 
 
 @PROPERTIES
@@ -363,3 +437,60 @@ def test_no_warning_on_ordinary_data() -> None:
         warnings.simplefilter("error")
         for name in NAMES:
             built(name, train, labels)
+
+
+# ------------------------------------------------------------------------------------- metric params
+
+CTX = RunContext(device=torch.device("cpu"), seed=0, batch_size=16)
+
+
+def tight_inputs() -> MetricInputs:
+    """A 2-neuron first layer with weights x0.01: its traces cluster so tightly that every LSA is negative."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(0.01)
+        net[0].bias.zero_()
+    g = torch.Generator().manual_seed(1)
+    data = DataBundle(x_train=torch.randn((80, 4), generator=g), y_train=torch.randint(0, 2, (80,), generator=g),
+                      x_test=torch.randn((30, 4), generator=g), y_test=torch.randint(0, 2, (30,), generator=g),
+                      num_classes=2)
+    return MetricInputs(model=net, x=data.x_test, target=data.y_test, attributions=torch.empty(0), data=data)
+
+
+def test_lsc_lower_reaches_the_criterion_through_the_metric() -> None:
+    metric = METRICS.get("coverage")
+    assert {k: metric.defaults[k] for k in workflow.SURPRISE_BOUNDS} == {
+        "lsc_lower": 0.0, "lsc_upper": 2000.0, "dsc_lower": 0.0, "dsc_upper": 2.0, "mdsc_lower": 0.0,
+        "mdsc_upper": 100.0}
+    at_zero = metric.compute(tight_inputs(), CTX, criterion="lsc")
+    assert at_zero.info["figures"]["coverage"] == 0.0 and at_zero.info["figures"]["below"] == 30.0
+    lowered = metric.compute(tight_inputs(), CTX, criterion="lsc", lsc_lower=-50.0)
+    figures = lowered.info["figures"]
+    assert float(lowered.outputs["coverage"][0]) == figures["coverage"] > 0.0 and figures["below"] == 0.0
+    assert figures["coverage"] == figures["buckets"] / 205  # 205 buckets of width 10 over [-50, 2000)
+    same = metric.compute(tight_inputs(), CTX, criterion="lsc", lsc_lower=-50.0, criterion_params={"lower": -50})
+    assert same.info["figures"] == figures
+    ignored = metric.compute(tight_inputs(), CTX, criterion="dsc", lsc_lower=-50.0)  # another criterion's bound
+    assert ignored.info["figures"] == metric.compute(tight_inputs(), CTX, criterion="dsc").info["figures"]
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"lsc_lower": -5.0, "criterion_params": {"lower": -6.0}}, "'lsc_lower' = -5.0 contradicts .*'lower' = -6.0"),
+    ({"lsc_lower": 3000.0}, "lower = 3000.0 \\(lsc_lower\\) and upper = 2000.0 \\(lsc_upper\\)"),
+    ({"lsc_upper": math.inf}, "'lsc_upper' = inf must be finite"),
+    ({"lsc_lower": "low"}, "'lsc_lower' = 'low' has type str"),
+])
+def test_bad_metric_bounds_are_named(params: dict[str, Any], match: str) -> None:
+    with pytest.raises(ParamError, match=match):
+        METRICS.get("coverage").compute(tight_inputs(), CTX, criterion="lsc", **params)
+
+
+def test_research_question_metrics_thread_the_bounds() -> None:
+    p = {**coverage_rq.EVENNESS_DEFAULTS, "criteria": ["lsc", "dsc", "mdsc"], "lsc_lower": -50.0,
+         "dsc_upper": 3.0, "mdsc_lower": -1.0, "mdsc_upper": 50.0}
+    made = coverage_rq._setup("coverage_evenness", tight_inputs(), CTX, p)
+    bounds = {b.name: (b.criterion.lower, b.criterion.upper) for b in made if isinstance(b.criterion, SurpriseCoverage)}
+    assert bounds == {"lsc": (-50.0, 2000.0), "dsc": (0.0, 3.0), "mdsc": (-1.0, 50.0)}
+    with pytest.raises(ParamError, match="metric coverage_evenness: dsc bounds"):
+        coverage_rq._setup("coverage_evenness", tight_inputs(), CTX, {**p, "dsc_lower": 3.0})

@@ -141,6 +141,29 @@ def test_adversarial_replaces_the_first_inputs_by_successful_examples() -> None:
     assert not result.problems()
 
 
+def test_cw_binary_steps_reach_the_attack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cw_binary_steps`` is passed to the CW attack (1, the seed's fixed c, by default)."""
+    from harness.coverage import attacks
+
+    seen: list[int] = []
+    real = attacks.cw
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(int(kwargs["binary_steps"]))  # type: ignore[call-overload]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attacks, "cw", spy)  # coverage_rq imports it when the attack runs
+    spec = METRICS.get("coverage_adversarial")
+    for steps in (None, 3):
+        extra = {} if steps is None else {"cw_binary_steps": steps}
+        result = spec.compute(_inputs(), CTX, attack="cw", criteria=["nc"], samples=8, shares=[0.5], cw_steps=3,
+                              **extra)
+        assert not result.problems()
+    assert seen == [1, 3]
+    with pytest.raises(ParamError, match="binary_steps"):
+        spec.compute(_inputs(), CTX, attack="cw", criteria=["nc"], samples=8, shares=[0.5], cw_binary_steps=0)
+
+
 def test_diversity_and_evenness_run_and_are_bounded() -> None:
     def explain(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return x.abs()

@@ -7,16 +7,19 @@
   L-inf projected gradient ascent on the cross-entropy from an optional uniform random start in the eps-ball;
   each step x <- clip(proj_eps(x + alpha * sign(grad))).
 * :func:`cw` (Carlini & Wagner, "Towards evaluating the robustness of neural networks", S&P 2017), the
-  untargeted L2 attack with fixed c (no binary search, as the seed via torchattacks): x'(w) =
-  lo + (hi - lo) (tanh w + 1) / 2, minimise ||x' - x||^2 + c max(Z_y - max_{j != y} Z_j, -kappa) with Adam;
-  returns the successful iterate of least L2 per input (the input itself where none succeeded).
+  untargeted L2 attack: x'(w) = lo + (hi - lo) (tanh w + 1) / 2, minimise ||x' - x||^2 +
+  c max(Z_y - max_{j != y} Z_j, -kappa) with Adam; returns the successful iterate of least L2 per input (the
+  input itself where none succeeded). ``binary_steps`` = 1 keeps c fixed (the seed, via torchattacks); more
+  runs the paper's binary search over c (§V; their nn_robust_attacks ``l2_attack.py``): one c per input,
+  raised tenfold until a round succeeds, then bisected between the largest failing and least succeeding c.
 
 Units. The harness's images are normalised, x_n = (x_p - mean) / std per channel, so the caller passes the
 box [lo, hi] of valid *normalised* values (per channel: lo_c = (0 - mean_c) / std_c, hi_c = (1 - mean_c) /
 std_c) and ``scale`` = 1 / std per channel. ``eps``, ``alpha`` and the noise ``std`` are in pixel units
 ([0, 1] images): a pixel step of eps is a normalised step of eps * scale_c in channel c. ``lo``, ``hi`` and
 ``scale`` are floats or one value per channel (dimension 1 of x). Defaults are the seed's: FGSM eps 0.3;
-PGD eps 0.3, alpha 0.1, 20 steps; CW c 1, 50 steps, lr 0.01, kappa 0; noise on 2% of positions, std 0.5.
+PGD eps 0.3, alpha 0.1, 20 steps; CW c 1, 50 steps, lr 0.01, kappa 0, binary_steps 1 (fixed c); noise on 2%
+of positions, std 0.5.
 
 Every attack runs on x's device, in chunks of ``batch_size`` rows, with the model in eval mode (its mode is
 restored afterwards) and gradients taken with respect to the input only; it returns the adversarial inputs
@@ -41,11 +44,14 @@ Bound = float | Sequence[float] | Tensor
 ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
     "fgsm": {"eps": 0.3},
     "pgd": {"eps": 0.3, "alpha": 0.1, "steps": 20, "random_start": True},
-    "cw": {"c": 1.0, "steps": 50, "lr": 0.01, "kappa": 0.0},
+    "cw": {"c": 1.0, "steps": 50, "lr": 0.01, "kappa": 0.0, "binary_steps": 1},
 }
 """The seed's hyper-parameters (seed-systems.md §3.3) per attack."""
 TANH_LIMIT = 1.0 - 1e-6
 """|tanh w| is kept below this when mapping inputs on the box's faces to w (finite atanh)."""
+CW_UPPER = 1e10
+"""CW's initial upper bound on c: an input's c is bisected once its bound falls below this, else raised tenfold
+(Carlini & Wagner's ``l2_attack.py``)."""
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -153,26 +159,43 @@ def pgd(
         return _chunked(run, batch_size, x, start, y)
 
 
+def _next_c(c: Tensor, hit: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One binary-search update of the per-input c (Carlini & Wagner 2017, §V): a round that succeeded
+    (``hit``) lowers the upper bound to c, one that failed raises the lower bound to c; c becomes the bounds'
+    midpoint where the upper bound is known (< :data:`CW_UPPER`), else c stays (success) or grows tenfold."""
+    upper = torch.where(hit, torch.minimum(upper, c), upper)
+    lower = torch.where(hit, lower, torch.maximum(lower, c))
+    grown = torch.where(hit, c, c * 10)
+    return torch.where(upper < CW_UPPER, (lower + upper) / 2, grown), lower, upper
+
+
 def cw(
     model: nn.Module, x: Tensor, y: Tensor, c: float = 1.0, steps: int = 50, lr: float = 0.01,
-    kappa: float = 0.0, *, lo: Bound, hi: Bound, batch_size: int = 256,
+    kappa: float = 0.0, binary_steps: int = 1, *, lo: Bound, hi: Bound, batch_size: int = 256,
 ) -> tuple[Tensor, Tensor]:
-    """Carlini-Wagner L2, untargeted, fixed ``c`` (Carlini & Wagner 2017; module docstring): Adam on w with
-    x'(w) = lo + (hi - lo)(tanh w + 1)/2; after each step's forward pass an iterate that is misclassified and
-    nearer to x in L2 than the best so far is kept. Returns the best iterates (x where none succeeded) and
-    success. L2 is measured in x's (normalised) units."""
+    """Carlini-Wagner L2, untargeted (Carlini & Wagner 2017; module docstring): ``binary_steps`` rounds of
+    ``steps`` Adam steps on w with x'(w) = lo + (hi - lo)(tanh w + 1)/2, each round from x with a fresh Adam;
+    after each step's forward pass an iterate that is misclassified and nearer to x in L2 than the best of all
+    rounds so far is kept. Round 1 uses ``c``; later rounds each input's c from the binary search (§V,
+    :func:`_next_c`; c in x's dtype); ``binary_steps`` = 1 is the fixed-c attack. Returns the best iterates
+    (x where none succeeded) and success. L2 is measured in x's (normalised) units."""
     _check("cw c", c, c > 0, "c > 0")
     _check("cw lr", lr, lr > 0, "lr > 0")
     _check("cw kappa", kappa, kappa >= 0, "kappa >= 0")
     _check("cw steps", steps, isinstance(steps, int) and steps >= 0, "integers >= 0")
+    _check("cw binary_steps", binary_steps,
+           isinstance(binary_steps, int) and not isinstance(binary_steps, bool) and binary_steps >= 1,
+           "integers >= 1")
     low, high = _box(x, lo, hi)
     width = high - low
 
-    def run(xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        unit = ((xb - low) / width * 2 - 1).clamp(-TANH_LIMIT, TANH_LIMIT)
-        w = torch.atanh(unit).requires_grad_(True)
+    def one_round(xb: Tensor, yb: Tensor, start: Tensor, weight: float | Tensor, best: Tensor,
+                  best_l2: Tensor) -> Tensor:
+        """Adam from ``start`` at c = ``weight``; updates best and best_l2 in place; returns the inputs
+        misclassified at some iterate of this round."""
+        w = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([w], lr=lr)
-        best, best_l2 = xb.clone(), torch.full((len(xb),), math.inf, dtype=xb.dtype, device=xb.device)
+        hit = torch.zeros(len(xb), dtype=torch.bool, device=xb.device)
         for _ in range(steps):
             with torch.enable_grad():
                 adv = low + width * (torch.tanh(w) + 1) / 2
@@ -181,12 +204,24 @@ def cw(
                 l2 = (adv - xb).flatten(1).pow(2).sum(dim=1)
                 other = logits.masked_fill(own, -math.inf).amax(dim=1)
                 margin = torch.clamp(logits[own] - other, min=-kappa)
-                w.grad = torch.autograd.grad((l2 + c * margin).sum(), w)[0]  # no parameter gradients
+                w.grad = torch.autograd.grad((l2 + weight * margin).sum(), w)[0]  # no parameter gradients
                 optimizer.step()
             with torch.no_grad():
-                better = (logits.argmax(dim=1) != yb) & (l2 < best_l2)
-                best_l2 = torch.where(better, l2, best_l2)
+                missed = logits.argmax(dim=1) != yb
+                hit |= missed
+                better = missed & (l2 < best_l2)
+                best_l2.copy_(torch.where(better, l2, best_l2))
                 best[better] = adv[better].detach()
+        return hit
+
+    def run(xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        start = torch.atanh(((xb - low) / width * 2 - 1).clamp(-TANH_LIMIT, TANH_LIMIT))
+        best, best_l2 = xb.clone(), torch.full((len(xb),), math.inf, dtype=xb.dtype, device=xb.device)
+        const, lower, upper = torch.full_like(best_l2, c), torch.zeros_like(best_l2), torch.full_like(best_l2, CW_UPPER)
+        for round_ in range(binary_steps):
+            hit = one_round(xb, yb, start, c if round_ == 0 else const, best, best_l2)  # round 1: the float c
+            if round_ + 1 < binary_steps:
+                const, lower, upper = _next_c(const, hit, lower, upper)
         return best, torch.isfinite(best_l2)
 
     with eval_mode(model), torch.no_grad():

@@ -23,23 +23,31 @@ the labels given to ``build``):
   LSA neuron filter, ``S^+`` the Moore-Penrose pseudo-inverse (NeuraL-Coverage inverts, which fails or
   explodes on a singular covariance, e.g. ``n_c <= d``); classes of fewer than two traces have none.
 
-Coverage. Surprise values are cut into buckets of width ``hyper``: bucket ``floor(SA / hyper)``. (The seed,
+Coverage. Surprise values are cut into buckets of width ``hyper`` starting at ``lower``: bucket
+``floor((SA - lower) / hyper)`` (with the default ``lower`` 0, ``floor(SA / hyper)``). (The seed,
 NeuraL-Coverage, keeps ``int(SA / hyper)``, which truncates toward 0 and so merges (-hyper, hyper) into
-bucket 0 for a negative LSA; DSA and MDSA are never negative.) The state is the set of buckets hit and the
-count of inputs, so merging is a set union and a sum: exact. ``compute`` gives
+bucket 0 for a negative LSA; DSA and MDSA are never negative.) The state is the set of buckets hit and
+counts of inputs, so merging is a set union and sums: exact. ``compute`` gives
 
-* ``coverage``: buckets hit among the ``n = ceil(upper / hyper)`` buckets covering ``[0, upper)``, over n.
-  This is sadl's surprise coverage (``get_sc``: n buckets between a lower and an upper bound U) with the
-  lower bound fixed at 0: sadl takes the least SA of the test set, which a stream cannot know, and its
-  ``np.digitize`` also counts the regions below and above the range, so it can exceed 1. Defaults for
-  ``upper``: LSC 2000 (sadl's default U), DSC 2.0 (the paper's U for DSA), MDSC 100 (ours: no bound was
-  published; 10 buckets of the seed's width 10).
+* ``coverage``: buckets hit among the ``n = ceil((upper - lower) / hyper)`` buckets covering
+  ``[lower, upper)``, over n (when ``hyper`` does not divide the range the last bucket runs past ``upper``:
+  the n buckets cover ``[lower, lower + n * hyper)``). This is sadl's surprise coverage (``get_sc(lower,
+  upper, k, sa)``: buckets between a lower and an upper bound), except that sadl takes the least SA of the
+  test set as ``lower``, which a stream cannot know, so here it is a parameter; and sadl's ``np.digitize``
+  also counts the regions below and above the range, so its value can exceed 1, while here they count in
+  ``below`` / ``above``. Defaults: ``lower`` 0 for all three; ``upper`` LSC 2000 (sadl's default U), DSC
+  2.0 (the paper's U for DSA), MDSC 100 (ours: no bound was published; 10 buckets of the seed's width 10).
+  LSA = -log density is negative wherever the class density exceeds 1 (low-dimensional or tightly
+  clustered traces): with ``lower`` 0 such inputs cover nothing, so give LSC a negative ``lower`` there.
 * ``buckets``: every distinct bucket hit, inside the range or not: the seed's value (NeuraL-Coverage's
-  ``len(coverage_set)``).
+  ``len(coverage_set)``) when ``lower`` is 0 (another ``lower`` shifts the grid by ``lower mod hyper``).
 * ``ratio``: ``buckets / |D|``, as the seed normalises LSC / DSC / MDSC to compare criteria (seed-systems.md
-  §3.2); at most 1, since an input hits one bucket.
+  §3.2); at most 1, since an input hits one bucket. The bounds change it only through that grid shift.
+* ``below`` / ``above``: inputs whose SA lies below ``lower`` / past the last bucket (at or above ``upper``
+  when ``hyper`` divides the range); they hit buckets outside the n (which count in ``buckets`` only).
 * ``inputs`` (``|D|``) and ``undefined``: inputs without a finite SA (their class has no statistics, or
-  DSA's ``dist_b`` is 0); they hit no bucket but count in ``|D|``.
+  DSA's ``dist_b`` is 0); they hit no bucket but count in ``|D|``. Each input counts in exactly one of
+  ``below``, ``above``, ``undefined`` or the n buckets.
 
 Defaults: ``hyper`` LSC 10, DSC 0.1, MDSC 10 (the seed's), ``min_var`` 1e-5 (sadl's ``var_threshold``);
 ``layers`` [] = the last layer of the training traces (dict order: the model's definition order); several
@@ -73,15 +81,21 @@ class SurpriseCoverage:
     """Whether low-variance neurons are dropped before fitting (LSA, MDSA; not DSA)."""
 
     def __init__(self, hyper: float, upper: float, layers: list[str] | tuple[str, ...] = (),
-                 min_var: float = 1e-5) -> None:
+                 min_var: float = 1e-5, lower: float = 0.0) -> None:
+        if not lower < upper:
+            raise ValueError(f"{self.name}: lower = {lower!r} must be below upper = {upper!r} (the buckets "
+                             "cover [lower, upper))")
         self.hyper, self.upper, self.layers, self.min_var = hyper, upper, tuple(layers), min_var
-        self.n_buckets = math.ceil(upper / hyper - 1e-9)
+        self.lower = lower
+        self.n_buckets = max(1, math.ceil((upper - lower) / hyper - 1e-9))
         self._layout: dict[str, int] | None = None
         self._keep: Tensor | None = None
         self._stats: Stats = {}
         self.hits: set[int] = set()
         self.inputs = 0
         self.undefined = 0
+        self.below = 0
+        self.above = 0
 
     def build(self, train: Traces, labels: Tensor) -> None:
         """Fit the class statistics on the training traces, grouped by ``labels``."""
@@ -129,7 +143,10 @@ class SurpriseCoverage:
         finite = torch.isfinite(sa)
         self.inputs += len(sa)
         self.undefined += int((~finite).sum())
-        self.hits.update(int(b) for b in torch.floor(sa[finite] / self.hyper).unique().tolist())
+        buckets = torch.floor((sa[finite] - self.lower) / self.hyper)  # lower 0: bitwise floor(sa / hyper)
+        self.below += int((buckets < 0).sum())
+        self.above += int((buckets >= self.n_buckets).sum())
+        self.hits.update(int(b) for b in buckets.unique().tolist())
 
     def merge(self, other: Criterion) -> None:
         """Absorb another shard's buckets and count (same criterion, parameters and training traces)."""
@@ -139,24 +156,29 @@ class SurpriseCoverage:
         self.hits |= other.hits
         self.inputs += other.inputs
         self.undefined += other.undefined
+        self.below += other.below
+        self.above += other.above
 
     def empty(self) -> SurpriseCoverage:
         """A copy sharing the fitted statistics, with no buckets hit."""
-        copy = type(self)(self.hyper, self.upper, self.layers, self.min_var)
+        copy = type(self)(self.hyper, self.upper, self.layers, self.min_var, self.lower)
         copy._layout, copy._keep, copy._stats = self._layout, self._keep, self._stats
         return copy
 
     def compute(self) -> dict[str, float]:
-        """Coverage of [0, upper), the seed's bucket count and ratio (module docstring)."""
+        """Coverage of [lower, upper), the seed's bucket count and ratio, inputs out of range (module
+        docstring)."""
         inside = sum(1 for b in self.hits if 0 <= b < self.n_buckets)
         return {
             "coverage": inside / self.n_buckets, "buckets": float(len(self.hits)),
             "ratio": len(self.hits) / self.inputs if self.inputs else 0.0,
             "inputs": float(self.inputs), "undefined": float(self.undefined),
+            "below": float(self.below), "above": float(self.above),
         }
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(hyper={self.hyper}, upper={self.upper}, layers={list(self.layers)})"
+        return (f"{type(self).__name__}(hyper={self.hyper}, lower={self.lower}, upper={self.upper}, "
+                f"layers={list(self.layers)})")
 
     def _features(self, traces: Traces) -> Tensor:
         assert self._layout is not None
@@ -277,7 +299,7 @@ def _kept_neurons(x: Tensor, labels: Tensor, min_var: float) -> Tensor:
 
 
 def _key(c: SurpriseCoverage) -> tuple[Any, ...]:
-    return (c.hyper, c.upper, c.layers, c.min_var, c._layout)
+    return (c.hyper, c.lower, c.upper, c.layers, c.min_var, c._layout)
 
 
 def _maker(cls: type[SurpriseCoverage], defaults: Mapping[str, Any]) -> Callable[..., Criterion]:
@@ -285,11 +307,14 @@ def _maker(cls: type[SurpriseCoverage], defaults: Mapping[str, Any]) -> Callable
 
     def make(**params: Any) -> Criterion:
         p = resolve_params(where, params, defaults)
-        for key, least in (("hyper", 0.0), ("upper", 0.0), ("min_var", None)):
+        for key in ("hyper", "lower", "upper", "min_var"):
             value = p.get(key, 0.0)
-            if not math.isfinite(value) or (value <= least if least is not None else value < 0):
-                rule = "> 0" if least is not None else ">= 0"
-                raise ParamError(f"{where}: parameter {key!r} = {value!r} must be finite and {rule}")
+            if not math.isfinite(value) or (key == "hyper" and value <= 0) or (key == "min_var" and value < 0):
+                rule = {"hyper": " and > 0", "min_var": " and >= 0"}.get(key, "")
+                raise ParamError(f"{where}: parameter {key!r} = {value!r} must be finite{rule}")
+        if not p["lower"] < p["upper"]:
+            raise ParamError(f"{where}: parameter 'lower' = {p['lower']!r} must be below 'upper' = "
+                             f"{p['upper']!r} (the buckets cover [lower, upper))")
         if not all(isinstance(n, str) for n in p["layers"]):
             raise ParamError(f"{where}: parameter 'layers' = {p['layers']!r} must be a list of layer names "
                              "([] = the last traced layer)")
@@ -298,13 +323,13 @@ def _maker(cls: type[SurpriseCoverage], defaults: Mapping[str, Any]) -> Callable
 
 
 _SPECS = (
-    (LSC, {"hyper": 10.0, "upper": 2000.0, "layers": [], "min_var": 1e-5},
+    (LSC, {"hyper": 10.0, "lower": 0.0, "upper": 2000.0, "layers": [], "min_var": 1e-5},
      "Likelihood-based surprise coverage: buckets of -log class-conditional Gaussian KDE density",
      "Kim, Feldt & Yoo, Guiding deep learning system testing using surprise adequacy, ICSE 2019"),
-    (DSC, {"hyper": 0.1, "upper": 2.0, "layers": []},
+    (DSC, {"hyper": 0.1, "lower": 0.0, "upper": 2.0, "layers": []},
      "Distance-based surprise coverage: buckets of nearest same-class / nearest other-class distance ratio",
      "Kim, Feldt & Yoo, Guiding deep learning system testing using surprise adequacy, ICSE 2019"),
-    (MDSC, {"hyper": 10.0, "upper": 100.0, "layers": [], "min_var": 1e-5},
+    (MDSC, {"hyper": 10.0, "lower": 0.0, "upper": 100.0, "layers": [], "min_var": 1e-5},
      "Mahalanobis-distance surprise coverage: buckets of the Mahalanobis distance to the class mean",
      "Kim, Ju, Feldt & Yoo, Reducing DNN labelling cost by surprise adequacy, ESEC/FSE 2020 (industry)"),
 )

@@ -5,14 +5,18 @@ build each criterion once; a set of test inputs is then covered by feeding it in
 its own ``empty()`` copy, and merging them (the streaming path a large or distributed test set takes).
 Class-conditional criteria (surprise adequacy) get the model's predictions as labels. IDC (importance-driven
 coverage) is built on the important neurons of a layer attribution aggregated over the training inputs
-(:mod:`harness.coverage.relevance`), cached per trained model through ``MetricInputs.artifact``.
+(:mod:`harness.coverage.relevance`), cached per trained model through ``MetricInputs.artifact``. The
+surprise criteria's bucket ranges ``[lower, upper)`` reach the metrics as flat ``lsc_lower``, ``lsc_upper``,
+... params (:data:`SURPRISE_BOUNDS`), as IDC's settings do as ``idc_*``.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -30,6 +34,13 @@ IDC_DEFAULTS: Mapping[str, Any] = {
 """DeepImportance's defaults (seed-systems.md §3.1): LayerConductance, top 5 neurons of layer index 1, k 2;
 attributor ``voting`` combines the ``voters`` (:func:`harness.coverage.relevance.voting`)."""
 VOTE_OFFSET = 0xC0F5
+SURPRISE = ("lsc", "dsc", "mdsc")
+"""The surprise-adequacy criteria (:mod:`harness.coverage.surprise`)."""
+SURPRISE_BOUNDS: Mapping[str, float] = MappingProxyType({
+    f"{name}_{bound}": float(CRITERIA.get(name).defaults[bound]) for name in SURPRISE for bound in ("lower", "upper")
+})
+"""Flat metric params ``<criterion>_lower`` / ``<criterion>_upper`` with the criteria's defaults (lower 0; upper
+LSC 2000, DSC 2.0, MDSC 100): the range ``[lower, upper)`` their coverage buckets cover."""
 
 
 @dataclass
@@ -62,6 +73,28 @@ def traces_of(model: nn.Module, x: Tensor, ctx: RunContext) -> Traces:
 def criterion_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     spec = CRITERIA.get(name)
     return resolve_params(f"coverage criterion {name}", params, spec.defaults, spec.choices)
+
+
+def surprise_params(where: str, name: str, p: Mapping[str, Any], given: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Criterion ``name``'s params ``given`` with ``lower`` / ``upper`` from the metric params ``p``
+    (``<name>_lower`` / ``<name>_upper``). A bound also in ``given`` wins over a flat one left at its default
+    and must equal a flat one that is not; ``lower`` must be below ``upper``."""
+    out = dict(given or {})
+    for bound in ("lower", "upper"):
+        key = f"{name}_{bound}"
+        flat, default = p[key], SURPRISE_BOUNDS[key]
+        if not math.isfinite(flat):
+            raise ParamError(f"{where}: parameter {key!r} = {flat!r} must be finite")
+        if bound in out and flat != default and out[bound] != flat:
+            raise ParamError(f"{where}: parameter {key!r} = {flat!r} contradicts criterion_params {bound!r} = "
+                             f"{out[bound]!r}; give one of them")
+        out.setdefault(bound, flat)
+    numbers = all(isinstance(out[b], (int, float)) and not isinstance(out[b], bool) for b in ("lower", "upper"))
+    if numbers and not out["lower"] < out["upper"]:  # other types: the criterion names them
+        raise ParamError(f"{where}: {name} bounds lower = {out['lower']!r} ({name}_lower) and upper = "
+                         f"{out['upper']!r} ({name}_upper) give an empty range; lower must be below upper")
+    return out
 
 
 def idc_neurons(inputs: MetricInputs, ctx: RunContext, data: DataBundle, idc: Mapping[str, Any],

@@ -6,7 +6,10 @@ port github JoshuaQSH/Wisdom; seed-systems.md §3. Criteria: :mod:`harness.cover
 * ``coverage`` (RQ5 and the plain figure): one criterion on the model's test inputs, fed in ``shards`` merged
   shards; outputs the coverage, its normalised ratio, build and update seconds and inputs per second. The
   merged value is checked against a single pass and the case fails if they differ (beyond 1e-9 relative: NLC's
-  merged covariance sums in another order).
+  merged covariance sums in another order). ``criterion_params`` go to the criterion; IDC's settings also come
+  as ``idc_*``, and the surprise criteria's bucket range ``[lower, upper)`` as ``lsc_lower``, ``lsc_upper``,
+  ``dsc_lower``, ... (:func:`harness.coverage.workflow.surprise_params`; e.g. a negative ``lsc_lower`` where
+  LSA = -log density is negative). Each applies only to its own criterion.
 * ``coverage_pruning`` (RQ1): zero the global top-N neurons of a layer attributor (over every traced layer)
   versus N random neurons; accuracy drop for N in ``ns``. Expected: the attributor's neurons hurt more.
 
@@ -41,7 +44,7 @@ REFERENCE = ("Gerasimou et al., Importance-Driven Deep Learning System Testing, 
 IDC_PARAMS = {f"idc_{k}": v for k, v in workflow.IDC_DEFAULTS.items()}
 COVERAGE_DEFAULTS = MappingProxyType({
     "criterion": "nc", "criterion_params": {}, "train_samples": 2000, "test_samples": 0, "shards": 2,
-    **IDC_PARAMS,
+    **IDC_PARAMS, **workflow.SURPRISE_BOUNDS,
 })
 PRUNING_DEFAULTS = MappingProxyType({
     "attributor": "layer_conductance", "voters": list(workflow.IDC_DEFAULTS["voters"]), "ns": [6, 8, 10, 15, 20], "random_draws": 5, "train_samples": 2000,
@@ -69,8 +72,11 @@ def coverage(inputs: MetricInputs, ctx: RunContext, **params: Any) -> MetricResu
                          + ", ".join(workflow.CRITERIA.names()))
     if p["shards"] < 1:
         raise ParamError(f"metric coverage: parameter 'shards' = {p['shards']} must be at least 1")
-    (built,) = workflow.build_criteria(inputs, ctx, [p["criterion"]], {p["criterion"]: p["criterion_params"]},
-                                       p["train_samples"], idc_settings(p))
+    given = p["criterion_params"]
+    if p["criterion"] in workflow.SURPRISE:
+        given = workflow.surprise_params("metric coverage", p["criterion"], p, given)
+    (built,) = workflow.build_criteria(inputs, ctx, [p["criterion"]], {p["criterion"]: given}, p["train_samples"],
+                                       idc_settings(p))
     x = workflow.subset(data.x_test, p["test_samples"]).to(ctx.device)
     start = time.perf_counter()
     traces = workflow.traces_of(inputs.model, x, ctx)
@@ -146,7 +152,9 @@ def coverage_pruning(inputs: MetricInputs, ctx: RunContext, **params: Any) -> Me
 for _name, _compute, _defaults, _what in (
     ("coverage", coverage, COVERAGE_DEFAULTS,
      ("Coverage of the test inputs by one criterion (nc, kmnc, nbc, snac, tknc, tknp, cc, nlc, lsc, dsc, mdsc, "
-      "idc), fed in merged shards; build and update time, inputs per second (RQ5).")),
+      "idc), fed in merged shards; build and update time, inputs per second (RQ5). lsc_lower / lsc_upper, "
+      "dsc_*, mdsc_*: the surprise criteria's bucket range [lower, upper) (lower 0; a negative lsc_lower lets "
+      "LSC count negative LSA).")),
     ("coverage_pruning", coverage_pruning, PRUNING_DEFAULTS,
      "RQ1: accuracy drop from zeroing the global top-N neurons of a layer attributor versus N random neurons."),
 ):

@@ -2,11 +2,13 @@
 
 Sources: Gerasimou et al., "Importance-Driven Deep Learning System Testing", ICSE 2020; github JoshuaQSH/Wisdom.
 Every criterion registered in :mod:`harness.coverage` (or those named in ``criteria``) is built once on the
-training traces (``surprise_layers``: the layers LSC, DSC and MDSC read; [] = the last traced layer) and
+training traces (``surprise_layers``: the layers LSC, DSC and MDSC read; [] = the last traced layer;
+``lsc_lower``, ``lsc_upper``, ``dsc_*``, ``mdsc_*``: their bucket ranges, as in the metric ``coverage``) and
 compared by its normalised ``ratio`` (the seed's: TKNP / min(|D|, 10000); LSC, DSC, MDSC,
-CC / |D|; the others are ratios already). Pixel-unit magnitudes (noise std, attack ε) are scaled by the data's
-range ``hi − lo`` (the training minimum and maximum), so 0.5 means half the range of a [0, 1] image whatever
-the normalisation.
+CC / |D|; the others are ratios already). The ratio of LSC, DSC and MDSC counts every bucket hit, in range
+or not, so their bounds move it only through ``lower``'s shift of the bucket grid. Pixel-unit magnitudes
+(noise std, attack ε) are scaled by the data's range ``hi − lo`` (the training minimum and maximum), so 0.5
+means half the range of a [0, 1] image whatever the normalisation.
 
 * ``coverage_diversity`` (RQ2; uses the case's attribution method): per test image Gaussian noise (std 0.5,
   clamped to the range) on the top 2% of input positions by |relevance| (U_I) or on a random 2% excluding
@@ -45,11 +47,12 @@ from harness.specs import (
 
 REFERENCE = ("Gerasimou et al., Importance-Driven Deep Learning System Testing, ICSE 2020; github JoshuaQSH/Wisdom "
              "(Torch4DeepImportance); Pielou 1966 (evenness)")
-COMMON = {"criteria": [], "train_samples": 2000, "surprise_layers": [], **{f"idc_{k}": v for k, v in workflow.IDC_DEFAULTS.items()}}
+COMMON = {"criteria": [], "train_samples": 2000, "surprise_layers": [], **workflow.SURPRISE_BOUNDS,
+          **{f"idc_{k}": v for k, v in workflow.IDC_DEFAULTS.items()}}
 DIVERSITY_DEFAULTS = MappingProxyType({**COMMON, "test_samples": 100, "fraction": 0.02, "std": 0.5})
 ADVERSARIAL_DEFAULTS = MappingProxyType({
     **COMMON, "attack": "fgsm", "samples": 100, "shares": [0.01 * k for k in range(1, 11)], "eps": 0.3,
-    "alpha": 0.1, "steps": 20, "c": 1.0, "cw_steps": 50, "lr": 0.01,
+    "alpha": 0.1, "steps": 20, "c": 1.0, "cw_steps": 50, "lr": 0.01, "cw_binary_steps": 1,
 })
 EVENNESS_DEFAULTS = MappingProxyType({**COMMON, "sizes": [100, 500, 1000], "draws": 5, "concentration": 0.5})
 ATTACKS = ("fgsm", "pgd", "cw")
@@ -63,7 +66,7 @@ def _setup(name: str, inputs: MetricInputs, ctx: RunContext, p: dict[str, Any]) 
         raise ParamError(f"metric {name}: unknown criteria {unknown}; choices: {', '.join(workflow.CRITERIA.names())}")
     idc = {k[len("idc_"):]: v for k, v in p.items() if k.startswith("idc_")}
     surprise = {"layers": list(p["surprise_layers"])} if p["surprise_layers"] else {}
-    params = {name: surprise for name in ("lsc", "dsc", "mdsc")}
+    params = {n: workflow.surprise_params(f"metric {name}", n, p, surprise) for n in workflow.SURPRISE}
     return workflow.build_criteria(inputs, ctx, names, params, p["train_samples"], idc)
 
 
@@ -120,7 +123,8 @@ def adversarial_examples(inputs: MetricInputs, x: Tensor, y: Tensor, p: dict[str
     if p["attack"] == "pgd":
         return pgd(inputs.model, x, y, p["eps"] * scale, p["alpha"] * scale, p["steps"], lo=lo, hi=hi,
                    generator=ctx.generator(ATTACK_OFFSET))
-    return cw(inputs.model, x, y, c=p["c"], steps=p["cw_steps"], lr=p["lr"], lo=lo, hi=hi)
+    return cw(inputs.model, x, y, c=p["c"], steps=p["cw_steps"], lr=p["lr"], binary_steps=p["cw_binary_steps"],
+              lo=lo, hi=hi)
 
 
 def coverage_adversarial(inputs: MetricInputs, ctx: RunContext, **params: Any) -> MetricResult:
@@ -224,7 +228,8 @@ for _name, _compute, _defaults, _what, _method in (
       "a random 2%; wins per criterion."), True),
     ("coverage_adversarial", coverage_adversarial, ADVERSARIAL_DEFAULTS,
      ("RQ3: normalised coverage change as successful FGSM / PGD / CW examples replace 1..10% of correctly "
-      "classified inputs."), False),
+      "classified inputs (CW: fixed c as the seed, or Carlini & Wagner's binary search over c with "
+      "cw_binary_steps > 1)."), False),
     ("coverage_evenness", coverage_evenness, EVENNESS_DEFAULTS,
      ("RQ4: Pearson r of each criterion's coverage with Pielou's evenness of the predicted labels over random "
       "subsets with Dirichlet class proportions."), False),
