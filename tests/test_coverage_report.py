@@ -167,6 +167,22 @@ def test_evenness_table_and_undefined() -> None:
     assert "2 of 4 correlations undefined (coverage or evenness constant over the draws) and set to 0." in text
 
 
+def test_evenness_table_with_adversarial_versions() -> None:
+    r = np.array([[0.5, 0.25], [0.0, 0.0]])
+    info = {"criteria": CRITERIA[:2], "sizes": [100, 500], "draws": 5, "undefined": 2, "versions": "cw",
+            "successful": 22}
+    entry = record("coverage_evenness", info, {"mean_r": r.mean(1), "pearson": r,
+                                               "pearson_versions": [[0.1, 0.3], [-0.2, -0.4]],
+                                               "pearson_pooled": [[0.4, 0.2], [0.0, 0.1]]}, metric="evenness")
+    lines = coverage_sections([entry], Path("."))
+    text = "\n".join(lines)
+    assert cells(lines, "criterion") == ["criterion", "n = 100", "n = 500", "mean r", "versions mean r",
+                                         "pooled mean r"]
+    assert cells(lines, "nc") == ["nc", "+0.500", "+0.250", "+0.375", "+0.200", "+0.300"]
+    assert cells(lines, "kmnc") == ["kmnc", "+0.000", "+0.000", "+0.000", "-0.300", "+0.050"]
+    assert "2 of 12 correlations undefined" in text and "With CW versions of every subset (22 test inputs" in text
+
+
 def test_reproduction_directions_all_and_none(tmp_path: Path) -> None:
     random = [[0.01, 0.02]]
     records = [pruning("layer_conductance", [0.5, 0.5], random), pruning("layer_lrp", [0.5, 0.5], random),

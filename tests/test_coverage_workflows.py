@@ -177,6 +177,49 @@ def test_diversity_and_evenness_run_and_are_bounded() -> None:
         METRICS.get("coverage_evenness").compute(_inputs(), CTX, draws=2)
 
 
+def test_evenness_versions_against_a_plain_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RQ4's adversarial versions: a stand-in attack (negate the input; the odd test inputs succeed) makes the
+    versions known; a plain loop over the same subset draws gives r over the originals, the versions and both.
+    The originals' r is the same as without versions (the draws do not move)."""
+    from harness.coverage import attacks
+
+    def fake_cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **_: object) -> tuple[torch.Tensor, torch.Tensor]:
+        return -x, torch.arange(len(x)) % 2 == 1
+
+    monkeypatch.setattr(attacks, "cw", fake_cw)
+    spec, inputs = METRICS.get("coverage_evenness"), _inputs()
+    settings = {"criteria": ["nc", "kmnc"], "sizes": [10, 16], "draws": 4}
+    plain = spec.compute(inputs, CTX, **settings)
+    got = spec.compute(inputs, CTX, versions="cw", **settings)
+    torch.testing.assert_close(got.outputs["pearson"], plain.outputs["pearson"], rtol=0, atol=0)
+    assert got.info["successful"] == 20 and not got.problems()
+
+    built = coverage_rq._setup("coverage_evenness", inputs, CTX, {**coverage_rq.EVENNESS_DEFAULTS, **settings})
+    x = inputs.data.x_test
+    versions = torch.where((torch.arange(len(x)) % 2 == 1).view(-1, 1, 1, 1), -x, x)
+    model = inputs.model
+    with torch.no_grad():
+        predicted, predicted_v = model(x).argmax(1), model(versions).argmax(1)
+    generator = CTX.generator(coverage_rq.SUBSET_OFFSET)
+    for j, size in enumerate(settings["sizes"]):
+        cov, even, cov_v, even_v = [], [], [], []
+        for _ in range(settings["draws"]):
+            weights = coverage_rq._dirichlet(3, 0.5, generator)
+            chosen = torch.multinomial(weights[predicted] + 1e-12, size, replacement=False, generator=generator)
+            cov.append(coverage_rq.ratios(built, model, x[chosen], CTX))
+            even.append(coverage_rq.pielou(predicted[chosen], 3))
+            cov_v.append(coverage_rq.ratios(built, model, versions[chosen], CTX))
+            even_v.append(coverage_rq.pielou(predicted_v[chosen], 3))
+        for c in range(2):
+            for key, (a, b) in {"pearson": (cov, even), "pearson_versions": (cov_v, even_v),
+                                "pearson_pooled": (cov + cov_v, even + even_v)}.items():
+                values = np.array([float(t[c]) for t in a])
+                ref = 0.0 if np.ptp(values) == 0 or np.ptp(b) == 0 else float(np.corrcoef(values, b)[0, 1])
+                assert float(got.outputs[key][c, j]) == pytest.approx(ref, abs=1e-9), (key, c, j)
+    with pytest.raises(ParamError, match="'versions' = 'noise' is not valid; choices: '', 'fgsm'"):
+        spec.compute(inputs, CTX, versions="noise", **settings)
+
+
 def test_idc_on_voted_neurons() -> None:
     result = METRICS.get("coverage").compute(_inputs(), CTX, criterion="idc", idc_attributor="voting",
                                              idc_layer_index=1, idc_m=3,

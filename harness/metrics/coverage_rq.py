@@ -21,7 +21,11 @@ means half the range of a [0, 1] image whatever the normalisation.
 * ``coverage_evenness`` (RQ4): random test subsets of each size with Dirichlet(½) class proportions (so the
   predictions' evenness varies; a size is capped at half the test set, so that the subsets differ); Pielou's
   J = H / log k of the predicted labels; Pearson r of coverage with J per criterion and size (0 where either is
-  constant, counted in ``info``).
+  constant, counted in ``info``). ``versions`` = "cw" (or "fgsm", "pgd") adds the seed's adversarial versions:
+  the test set is attacked once (labels: the true ones; settings as RQ3's), every drawn subset is also scored
+  with each input replaced by its adversarial example where the attack succeeded (evenness of that version's
+  predictions); ``pearson_versions`` is r over the versions alone and ``pearson_pooled`` over originals and
+  versions together (the seed's correlation over all its subsets).
 """
 from __future__ import annotations
 
@@ -50,12 +54,17 @@ REFERENCE = ("Gerasimou et al., Importance-Driven Deep Learning System Testing, 
 COMMON = {"criteria": [], "train_samples": 2000, "surprise_layers": [], **workflow.SURPRISE_BOUNDS,
           **{f"idc_{k}": v for k, v in workflow.IDC_DEFAULTS.items()}}
 DIVERSITY_DEFAULTS = MappingProxyType({**COMMON, "test_samples": 100, "fraction": 0.02, "std": 0.5})
+ATTACK_SETTINGS = {"eps": 0.3, "alpha": 0.1, "steps": 20, "c": 1.0, "cw_steps": 50, "lr": 0.01, "cw_binary_steps": 1}
+"""The attacks' settings (the seed's), shared by RQ3 and RQ4's adversarial versions."""
 ADVERSARIAL_DEFAULTS = MappingProxyType({
-    **COMMON, "attack": "fgsm", "samples": 100, "shares": [0.01 * k for k in range(1, 11)], "eps": 0.3,
-    "alpha": 0.1, "steps": 20, "c": 1.0, "cw_steps": 50, "lr": 0.01, "cw_binary_steps": 1,
+    **COMMON, "attack": "fgsm", "samples": 100, "shares": [0.01 * k for k in range(1, 11)], **ATTACK_SETTINGS,
 })
-EVENNESS_DEFAULTS = MappingProxyType({**COMMON, "sizes": [100, 500, 1000], "draws": 5, "concentration": 0.5})
+EVENNESS_DEFAULTS = MappingProxyType({**COMMON, "sizes": [100, 500, 1000], "draws": 5, "concentration": 0.5,
+                                      "versions": "", **ATTACK_SETTINGS})
 ATTACKS = ("fgsm", "pgd", "cw")
+VERSIONS = ("", *ATTACKS)
+"""RQ4's subset versions: none, or every subset also with its inputs replaced by the attack's successful
+adversarial examples (the seed's "CW versions")."""
 NOISE_OFFSET, ATTACK_OFFSET, SUBSET_OFFSET = 0xC0F2, 0xC0F3, 0xC0F4
 
 
@@ -178,8 +187,9 @@ def pearson(a: Tensor, b: Tensor) -> float | None:
 
 
 def coverage_evenness(inputs: MetricInputs, ctx: RunContext, **params: Any) -> MetricResult:
-    """RQ4: Pearson r of coverage with Pielou's evenness of the predictions, over random subsets."""
-    p = resolve_params("metric coverage_evenness", params, EVENNESS_DEFAULTS)
+    """RQ4: Pearson r of coverage with Pielou's evenness of the predictions, over random subsets (and, with
+    ``versions``, over their adversarial versions)."""
+    p = resolve_params("metric coverage_evenness", params, EVENNESS_DEFAULTS, {"versions": VERSIONS})
     if inputs.data is None:
         raise ValueError("coverage_evenness: needs the case's data set")
     if p["draws"] < 3:
@@ -187,31 +197,49 @@ def coverage_evenness(inputs: MetricInputs, ctx: RunContext, **params: Any) -> M
     built = _setup("coverage_evenness", inputs, ctx, p)
     x_all = inputs.data.x_test.to(ctx.device)
     predicted = predicted_class(inputs.model, x_all, ctx).cpu()
+    versions = successful = None
+    if p["versions"]:
+        adversarial, success = adversarial_examples(inputs, x_all, inputs.data.y_test.to(ctx.device),
+                                                    {**p, "attack": p["versions"]}, ctx)
+        versions = torch.where(success.view(-1, *[1] * (x_all.ndim - 1)), adversarial, x_all)
+        successful = int(success.sum())
+        predicted_versions = predicted_class(inputs.model, versions, ctx).cpu()
     classes = inputs.data.num_classes
     generator = ctx.generator(SUBSET_OFFSET)
     sizes = [min(s, len(x_all) // 2) for s in p["sizes"]]  # at most half the test set, so subsets differ
-    r = torch.zeros(len(built), len(sizes), dtype=torch.float64)
+    kinds = ("original", "versions", "pooled") if versions is not None else ("original",)
+    r = {kind: torch.zeros(len(built), len(sizes), dtype=torch.float64) for kind in kinds}
     undefined = 0
     evenness_all = []
     for j, size in enumerate(sizes):
-        coverages, evenness = [], []
+        points: dict[str, tuple[list[Tensor], list[float]]] = {"original": ([], []), "versions": ([], [])}
         for _ in range(p["draws"]):
             weights = _dirichlet(classes, p["concentration"], generator)
             per_input = weights[predicted] + 1e-12
             chosen = torch.multinomial(per_input, size, replacement=False, generator=generator)
-            coverages.append(ratios(built, inputs.model, x_all[chosen.to(x_all.device)], ctx))
-            evenness.append(pielou(predicted[chosen], classes))
-        stacked, j_values = torch.stack(coverages, dim=1), torch.tensor(evenness)
-        evenness_all.append(evenness)
-        for c in range(len(built)):
-            value = pearson(stacked[c], j_values)
-            undefined += value is None
-            r[c, j] = 0.0 if value is None else value
+            points["original"][0].append(ratios(built, inputs.model, x_all[chosen.to(x_all.device)], ctx))
+            points["original"][1].append(pielou(predicted[chosen], classes))
+            if versions is not None:
+                points["versions"][0].append(ratios(built, inputs.model, versions[chosen.to(x_all.device)], ctx))
+                points["versions"][1].append(pielou(predicted_versions[chosen], classes))
+        evenness_all.append(points["original"][1])
+        points["pooled"] = tuple(a + b for a, b in zip(points["original"], points["versions"], strict=True))
+        for kind in kinds:
+            stacked = torch.stack(points[kind][0], dim=1)
+            j_values = torch.tensor(points[kind][1], dtype=torch.float64)
+            for c in range(len(built)):
+                value = pearson(stacked[c], j_values)
+                undefined += value is None
+                r[kind][c, j] = 0.0 if value is None else value
+    outputs = {"pearson": r["original"], "mean_r": r["original"].mean(dim=1)}
+    bounds = {name: (-1.0, 1.0) for name in ("pearson", "mean_r")}
+    if versions is not None:
+        outputs |= {"pearson_versions": r["versions"], "pearson_pooled": r["pooled"]}
+        bounds |= {"pearson_versions": (-1.0, 1.0), "pearson_pooled": (-1.0, 1.0)}
     return MetricResult(
-        outputs={"pearson": r, "mean_r": r.mean(dim=1)}, primary="mean_r", higher_is_better=True,
-        bounds={"pearson": (-1.0, 1.0), "mean_r": (-1.0, 1.0)},
+        outputs=outputs, primary="mean_r", higher_is_better=True, bounds=bounds,
         info={"criteria": [b.name for b in built], "sizes": sizes, "draws": p["draws"], "undefined": undefined,
-              "evenness": evenness_all},
+              "evenness": evenness_all, "versions": p["versions"], "successful": successful},
     )
 
 
@@ -222,6 +250,7 @@ def _dirichlet(classes: int, concentration: float, generator: torch.Generator) -
     return torch.from_numpy(np.random.default_rng(seed).dirichlet([concentration] * classes))
 
 
+CHOICES = {"coverage_adversarial": {"attack": ATTACKS}, "coverage_evenness": {"versions": VERSIONS}}
 for _name, _compute, _defaults, _what, _method in (
     ("coverage_diversity", coverage_diversity, DIVERSITY_DEFAULTS,
      ("RQ2: coverage of original + noise on the top 2% pixels by the case's method versus original + noise on "
@@ -232,11 +261,11 @@ for _name, _compute, _defaults, _what, _method in (
       "cw_binary_steps > 1)."), False),
     ("coverage_evenness", coverage_evenness, EVENNESS_DEFAULTS,
      ("RQ4: Pearson r of each criterion's coverage with Pielou's evenness of the predicted labels over random "
-      "subsets with Dirichlet class proportions."), False),
+      "subsets with Dirichlet class proportions; versions = 'cw' adds the subsets' CW versions."), False),
 ):
     METRICS.add(_name, MetricSpec(
         name=_name, family="coverage", compute=_compute, modalities=frozenset({"image"}), reference=REFERENCE,
         needs_data=True, needs_explain=_method, per_sample=False, uses_method=_method,
-        defaults=dict(_defaults), choices={"attack": ATTACKS} if _name == "coverage_adversarial" else {},
+        defaults=dict(_defaults), choices=CHOICES.get(_name, {}),
         description=_what,
     ))

@@ -192,11 +192,20 @@ def evenness_tables(group: Sequence[Entry]) -> list[str]:
         sizes, criteria = list(e.info.get("sizes", [])), list(e.info.get("criteria", []))
         rows = [[c, *[f"{v:+.3f}" for v in r], f"{m:+.3f}"]
                 for c, r, m in zip(criteria, e.outputs["pearson"], e.outputs["mean_r"].reshape(-1))]
-        cells = len(criteria) * len(sizes)
+        pooled = "pearson_pooled" in e.outputs
+        if pooled:  # the subsets' adversarial versions: r over them alone and over originals + versions
+            for row, versions, both in zip(rows, e.outputs["pearson_versions"], e.outputs["pearson_pooled"]):
+                row += [f"{float(versions.mean()):+.3f}", f"{float(both.mean()):+.3f}"]
+        cells = len(criteria) * len(sizes) * (3 if pooled else 1)
+        attack = e.info.get("versions", "")
+        versions_text = (f" With {attack.upper()} versions of every subset ({e.info.get('successful', '?')} test "
+                         "inputs replaced where the attack succeeded): mean r over the versions alone and over "
+                         "originals and versions pooled (the seed's RQ4)." if pooled else "")
+        extra = ["versions mean r", "pooled mean r"] if pooled else []
         lines += ["", (f"`{e.metric}`: {e.info.get('draws', '?')} draws per size; "
                        f"{e.info.get('undefined', 0)} of {cells} correlations undefined (coverage or evenness "
-                       f"constant over the draws) and set to 0."), "",
-                  table(rows, ["criterion", *[f"n = {s}" for s in sizes], "mean r"])]
+                       f"constant over the draws) and set to 0.{versions_text}"), "",
+                  table(rows, ["criterion", *[f"n = {s}" for s in sizes], "mean r", *extra])]
     return lines
 
 
