@@ -21,15 +21,8 @@ import harness.methods  # registers the methods
 import harness.metrics  # registers the metrics
 import harness.models  # noqa: F401  (registers the models)
 from harness.cases import NO_METHOD
-from harness.metrics.selection import (
-    drop_count,
-    eliminate,
-    final_index,
-    make_estimator,
-    schedule,
-    select_columns,
-    sklearn_importance,
-)
+from harness.metrics.elimination import drop_count, eliminate, final_index, schedule, select_columns
+from harness.metrics.selection import make_estimator, sklearn_importance
 from harness.models.training import build_model, train_model
 from harness.specs import (
     METHODS,
