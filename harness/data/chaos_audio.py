@@ -104,7 +104,7 @@ def read_recording(path: Path, sample_rate: int) -> np.ndarray:
         try:
             rate, raw = wavfile.read(path)
         except ValueError as err:
-            raise ParamError(f"dataset chaos_audio: cannot read ambient recording {path} as WAV: {err}") from err
+            raise ParamError(f"dataset chaos_audio: cannot read audio file {path} as WAV: {err}") from err
     raw = raw if raw.ndim == 1 else raw[:, 0]
     if raw.dtype == np.uint8:
         wave = (raw.astype(np.float32) - 128.0) / 128.0
@@ -113,10 +113,10 @@ def read_recording(path: Path, sample_rate: int) -> np.ndarray:
     elif raw.dtype in (np.float32, np.float64):
         wave = raw.astype(np.float32)
     else:
-        raise ParamError(f"dataset chaos_audio: ambient recording {path} has samples of type {raw.dtype}; "
+        raise ParamError(f"dataset chaos_audio: audio file {path} has samples of type {raw.dtype}; "
                          "valid: uint8, int16, int32, float32, float64")
     if len(wave) == 0:
-        raise ParamError(f"dataset chaos_audio: ambient recording {path} is empty")
+        raise ParamError(f"dataset chaos_audio: audio file {path} is empty")
     if rate != sample_rate:
         from torchaudio.functional import resample
 
@@ -171,7 +171,6 @@ def _speech_commands(
             "dataset chaos_audio: source 'speech_commands' needs torchaudio; install the audio extra "
             "(pip install 'xaiharness[audio]') or use source='synthetic'"
         ) from err
-    from scipy.io import wavfile
 
     folder = Path(data_root).expanduser() / "SpeechCommands" / "speech_commands_v0.02"
     how = (
@@ -190,9 +189,7 @@ def _speech_commands(
     clips, labels = np.zeros((n, 16000), dtype=np.float32), np.empty(n, dtype=np.int64)
     for row, index in enumerate(order):
         relpath, _, word, *_ = subset.get_metadata(int(index))
-        rate, raw = wavfile.read(Path(subset._archive) / relpath)  # torchaudio.load would need torchcodec
-        wave = raw.astype(np.float32) / 32768.0 if raw.dtype == np.int16 else raw.astype(np.float32)
-        wave = wave[: rate] if wave.ndim == 1 else wave[:rate, 0]
+        wave = read_recording(Path(subset._archive) / relpath, 16000)[:16000]  # at most 1 s, as the seed
         clips[row, : len(wave)], labels[row] = wave, SPEECH_COMMANDS_WORDS.index(word)
     out = torch.from_numpy(clips)
     if sample_rate != 16000:
